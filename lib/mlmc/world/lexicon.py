@@ -234,7 +234,7 @@ def _unique(form: str, script: str, used: set[str], seed: int, *keys: str) -> st
     return form
 
 
-def build_lexicon(seed: int, drift: float = 0.25) -> dict[str, dict[str, tuple[str, str]]]:
+def build_lexicon(seed: int, drift: float = 0.15) -> dict[str, dict[str, tuple[str, str]]]:
     """Forms per language: ``lex[lang][concept] = (main, synonym)`` rendered in the language's script.
 
     A form passes from each family-tree node to its child with the child's retention probability (with a small

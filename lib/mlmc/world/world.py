@@ -21,7 +21,7 @@ from .lexicon import ATTRIBUTES, GROUPS, build_lexicon, case_suffixes, concept_i
 from .lexicon import _rng as rng_for
 
 SPLITS = ("train", "dev", "test")
-WORLD_VERSION = 1
+WORLD_VERSION = 2
 
 
 class World:
