@@ -1,0 +1,49 @@
+# mlmc: set up, run and build the executable book, and test it. Thin wrappers around the `mlmc` command.
+#   make book    set up .venv, execute every chapter (default profile), build the HTML into _build/html
+#   make test    set up .venv, run the tests and nbval on the executed chapters
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Setup reruns only when pyproject.toml changes: the stamp's name carries the file's hash.
+STAMP := $(VENV)/.mlmc-setup-$(shell sha256sum pyproject.toml | cut -c1-12)
+SMOKE_DIR ?= $(or $(TMPDIR),/tmp)/mlmc-smoke
+PYTEST_ARGS ?=
+NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
+
+export OMP_NUM_THREADS ?= 1
+export MLMC_CACHE ?= $(HOME)/.cache/mlmc
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup book build test smoke lint
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install torch==2.13.0
+	$(BIN)/python -m pip install -e ".[dev]"
+	rm -f $(VENV)/.mlmc-setup-*
+	touch $@
+
+book: setup
+	$(BIN)/mlmc run all --profile default
+	$(BIN)/mlmc build
+
+build: setup
+	$(BIN)/mlmc build
+
+# Unit, contract and book-build tests, plus nbval re-executing every committed book/chapters/*.ipynb.
+test: setup
+	$(BIN)/python -m pytest -p no:cacheprovider tests book/chapters $(NBVAL) $(PYTEST_ARGS)
+
+# Every chapter with the smoke profile into $(SMOKE_DIR); book/chapters/ and results/ stay untouched.
+smoke: setup
+	rm -rf $(SMOKE_DIR)
+	MLMC_RESULTS=$(SMOKE_DIR)/results $(BIN)/mlmc run all --profile smoke --out $(SMOKE_DIR)/chapters
+
+lint: setup
+	$(BIN)/ruff check lib tests notebooks
+	$(BIN)/ruff format --check lib tests

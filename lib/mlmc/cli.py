@@ -1,0 +1,98 @@
+"""The ``mlmc`` command: run chapters, build the book, list chapters (see ``book/reproducing.md``).
+
+``mlmc run NN|NN_slug|all [--profile default|smoke|full] [-p key=value ...] [--out DIR]``, ``mlmc build [--out DIR]``,
+``mlmc list``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from mlmc.book import (
+    PROFILES,
+    BookBuildFailed,
+    ChapterFailed,
+    build_book,
+    find_notebook,
+    list_chapters,
+    project_root,
+    run_chapter,
+)
+from mlmc.book.params import parse_overrides, resolve
+from mlmc.book.project import toc_files
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlmc", description="Run and build the mlmc executable book.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="execute chapter notebooks with papermill into book/chapters/")
+    run.add_argument("chapter", help="chapter number NN, its NN_slug, or 'all'")
+    run.add_argument("--profile", default="default", choices=PROFILES, help="parameter profile (default: default)")
+    run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE", help="override, YAML value")
+    run.add_argument("--out", type=Path, help="folder for executed notebooks (default: book/chapters)")
+    run.add_argument("--notebooks", type=Path, help="folder of chapter sources (default: notebooks)")
+    build = sub.add_parser("build", help="build the HTML book (-W -n) from the executed chapters")
+    build.add_argument("--out", type=Path, help="output root; the HTML goes to OUT/_build/html (default: project)")
+    sub.add_parser("list", help="list chapters and whether each is executed or still a placeholder")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    overrides = parse_overrides(args.param)
+    if args.chapter == "all":
+        notebooks = list_chapters(args.notebooks)
+        if not notebooks:
+            print(f"no chapter notebooks under {args.notebooks or project_root() / 'notebooks'}; nothing to run")
+            return 0
+    else:
+        notebooks = [find_notebook(args.chapter, args.notebooks)]
+    for nb in notebooks:  # check every chapter's parameters before running any of them
+        resolve(nb, args.profile, overrides)
+    for nb in notebooks:
+        start = time.perf_counter()
+        print(f"[{nb.stem}] running with the {args.profile} profile ...", flush=True)
+        out = run_chapter(nb, args.profile, overrides, out_dir=args.out, progress=sys.stderr.isatty())
+        print(f"[{nb.stem}] done in {time.perf_counter() - start:.1f} s -> {out}", flush=True)
+    return 0
+
+
+def _list() -> int:
+    root = project_root()
+    sources = {p.stem: p for p in list_chapters()}
+    print(f"{'chapter':<22} {'source':<36} book page")
+    for page in toc_files(root / "_toc.yml"):
+        if not page.startswith("chapters/"):
+            continue
+        stem = page.split("/", 1)[1]
+        executed = (root / "book" / f"{page}.ipynb").exists()
+        state = "executed" if executed else "placeholder" if (root / "book" / f"{page}.md").exists() else "missing"
+        source = str(sources[stem].relative_to(root)) if stem in sources else "-"
+        print(f"{stem:<22} {source:<36} {state}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``mlmc`` console script; returns 2 for bad parameters and 1 for failed runs or builds."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "build":
+            start = time.perf_counter()
+            html = build_book(out_dir=args.out)
+            print(f"built {html / 'index.html'} in {time.perf_counter() - start:.1f} s")
+            return 0
+        return _list()
+    except ValueError as err:
+        print(f"mlmc: error: {err}", file=sys.stderr)
+        return 2
+    except (ChapterFailed, BookBuildFailed) as err:
+        print(f"mlmc: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""The thesis's own numbers as tables, shown next to the reproduced ones ("thesis vs reproduced" sections).
+
+Each CSV file in this folder is one table, loaded with ``load(name)``. Sources:
+
+- ``ch4_table4_2``: Table 4.2 of R. Choenni, *Multilinguality and Multiculturalism* (PhD thesis, ILLC, University of
+  Amsterdam, 2025), also in Choenni, Garrette & Shutova (2023), *Computational Linguistics* 49(3). It gives the LAS of
+  few-shot dependency parsing for 82 low-resource test treebanks, each with the high-resource language whose
+  subnetwork it used (``transfer_source``). Columns: ``udf75`` is the published UDify zero-shot score (empty where
+  UDify reports none), ``udf8`` is UDify retrained on the 8 training treebanks, ``nonep_*`` is non-episodic training,
+  ``meta_*`` is first-order MAML. Each has ``full`` (no masks), ``sn_static`` (static subnetworks) and ``sn_dyna``
+  (dynamic subnetworks). The values were parsed from the thesis text and checked against its printed averages.
+  Used by chapter 02.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import pandas as pd
+
+from mlmc.errors import check_choice
+
+
+def available() -> list[str]:
+    """Names of the reference tables shipped with the package."""
+    return sorted(p.name[:-4] for p in resources.files(__name__).iterdir() if p.name.endswith(".csv"))
+
+
+def load(name: str) -> pd.DataFrame:
+    """Load reference table ``name`` (see ``available()``); empty cells become NaN."""
+    check_choice("name", name, available())
+    with resources.files(__name__).joinpath(f"{name}.csv").open("r", encoding="utf-8") as fh:
+        return pd.read_csv(fh)
