@@ -2,6 +2,11 @@
 
 Each CSV file in this folder is one table, loaded with ``load(name)``. Sources:
 
+- ``ch3_thesis``: the numbers of thesis chapter 3 (Choenni, Garrette & Shutova, EMNLP 2023) in long format: Table 3.3
+  and Table A.2 (mean TracIn influence, test x train language, XNLI / PAWS-X / MARC), Table 3.4 (share of
+  other-language top-100 examples that are translations of in-language ones) and the zero-shot numbers of §3.8.3.
+  Used by chapter 01.
+
 - ``ch4_table4_2``: Table 4.2 of R. Choenni, *Multilinguality and Multiculturalism* (PhD thesis, ILLC, University of
   Amsterdam, 2025), also in Choenni, Garrette & Shutova (2023), *Computational Linguistics* 49(3). It gives the LAS of
   few-shot dependency parsing for 82 low-resource test treebanks, each with the high-resource language whose

@@ -1,0 +1,370 @@
+"""Tests of mlmc.influence (spec ch. 3 §8): TracIn against manual autograd, closed forms and captum's TracInCP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from torch import nn
+from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+
+from mlmc.influence import (
+    GaussianProjector,
+    as_examples,
+    pairwise_scores,
+    per_example_grads,
+    select_params,
+    self_influence,
+    topk,
+    tracin,
+)
+
+VOCAB, PAD, LR = 50, 1, 0.1
+
+
+def tiny_model(seed: int = 0) -> XLMRobertaForSequenceClassification:
+    torch.manual_seed(seed)
+    cfg = XLMRobertaConfig(
+        vocab_size=VOCAB,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=40,
+        num_labels=2,
+        pad_token_id=PAD,
+        hidden_dropout_prob=0.2,
+        attention_probs_dropout_prob=0.2,
+    )
+    return XLMRobertaForSequenceClassification(cfg).double().eval()
+
+
+def make_examples(n: int, seed: int) -> list[tuple[torch.Tensor, int]]:
+    """Distinct random ``<s> ... </s>`` sequences of 3-12 tokens (some repeated ids) with random labels."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        body = torch.randint(3, VOCAB, (int(torch.randint(3, 13, (1,), generator=gen)),), generator=gen)
+        out.append(
+            (torch.cat([torch.tensor([0]), body, torch.tensor([2])]), int(torch.randint(0, 2, (1,), generator=gen)))
+        )
+    return out
+
+
+TRAIN, TEST = make_examples(24, 1), make_examples(6, 2)
+
+
+def manual_grads(model: nn.Module, examples, names: list[str] | None = None) -> torch.Tensor:
+    """Per-example gradients by plain autograd, one example at a time, flattened in named_parameters order."""
+    model.eval()
+    rows = []
+    for x, y in examples:
+        model.zero_grad()
+        nn.functional.cross_entropy(model(input_ids=x[None]).logits, torch.tensor([y])).backward()
+        params = [(k, p) for k, p in model.named_parameters() if names is None or k in names]
+        rows.append(torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for _, p in params]))
+    return torch.stack(rows)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Three checkpoints of the tiny model, two SGD steps apart, saved with save_pretrained."""
+    root = tmp_path_factory.mktemp("ckpts")
+    model = tiny_model()
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    paths = []
+    for e in range(3):
+        model.train()
+        for x, y in TRAIN[2 * e : 2 * e + 2]:
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(input_ids=x[None]).logits, torch.tensor([y])).backward()
+            opt.step()
+        paths.append(root / f"epoch-{e + 1}")
+        model.save_pretrained(paths[-1])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def loaded(checkpoints: list[Path]) -> list[nn.Module]:
+    from transformers import AutoModelForSequenceClassification
+
+    return [AutoModelForSequenceClassification.from_pretrained(p).eval() for p in checkpoints]
+
+
+# ------------------------------------------------------------------------------------------- math (spec §8)
+
+
+def test_single_checkpoint_dot_equals_lr_times_manual_inner_product(checkpoints, loaded):
+    inf = tracin(checkpoints[:1], TRAIN, TEST, normalize="none", lr_weights=[0.3], progress=False)
+    g_train, g_test = manual_grads(loaded[0], TRAIN), manual_grads(loaded[0], TEST)
+    assert loaded[0].dtype == torch.float64 and inf.per_epoch.dtype == torch.float64
+    torch.testing.assert_close(inf.total, 0.3 * g_test @ g_train.T, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(inf.train_norms[0], g_train.norm(dim=1), rtol=1e-10, atol=1e-12)
+
+
+def test_cosine_is_bounded_and_sums_over_checkpoints(checkpoints, loaded):
+    inf = tracin(checkpoints, TRAIN, TEST, progress=False)
+    n_e = len(checkpoints)
+    assert inf.per_epoch.shape == (n_e, len(TEST), len(TRAIN))
+    assert inf.per_epoch.abs().max() <= 1 + 1e-12 and inf.total.abs().max() <= n_e + 1e-12
+    torch.testing.assert_close(inf.per_epoch.sum(0), inf.total)
+    g_train, g_test = manual_grads(loaded[1], TRAIN), manual_grads(loaded[1], TEST)
+    cos = (g_test / g_test.norm(dim=1, keepdim=True)) @ (g_train / g_train.norm(dim=1, keepdim=True)).T
+    torch.testing.assert_close(inf.per_epoch[1], cos, rtol=1e-10, atol=1e-12)
+
+
+def test_train_only_divides_by_the_training_norm(loaded):
+    inf = tracin(loaded[:1], TRAIN, TEST, normalize="train_only", progress=False)
+    g_train, g_test = manual_grads(loaded[0], TRAIN), manual_grads(loaded[0], TEST)
+    torch.testing.assert_close(inf.total, (g_test @ g_train.T) / g_train.norm(dim=1), rtol=1e-10, atol=1e-12)
+
+
+def test_self_influence(checkpoints, loaded):
+    n_e = len(checkpoints)
+    cos = tracin(checkpoints, TRAIN, TRAIN, progress=False)
+    torch.testing.assert_close(cos.total.diagonal(), torch.full((len(TRAIN),), float(n_e), dtype=torch.float64))
+    assert torch.equal(topk(cos.total, 1)[:, 0], torch.arange(len(TRAIN)))  # unique examples: own top-1 proponent
+    dot = self_influence(checkpoints, TRAIN, lr_weights=[1.0, 2.0, 0.5], progress=False)
+    expected = sum(w * manual_grads(m, TRAIN).square().sum(1) for w, m in zip([1.0, 2.0, 0.5], loaded, strict=True))
+    assert (dot > 0).all()
+    torch.testing.assert_close(dot, expected, rtol=1e-10, atol=1e-12)
+    full = tracin(checkpoints, TRAIN, TRAIN, normalize="none", lr_weights=[1.0, 2.0, 0.5], progress=False)
+    torch.testing.assert_close(full.total.diagonal(), dot, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(
+        self_influence(checkpoints, TRAIN, normalize="cosine", progress=False), cos.total.diagonal()
+    )
+
+
+@pytest.mark.parametrize("normalize", ["cosine", "none"])
+def test_symmetry(checkpoints, normalize):
+    ab = tracin(checkpoints, TRAIN, TEST, normalize=normalize, progress=False).total
+    ba = tracin(checkpoints, TEST, TRAIN, normalize=normalize, progress=False).total
+    torch.testing.assert_close(ab, ba.T, rtol=1e-10, atol=1e-12)
+
+
+def test_vmap_buckets_loop_and_padding_agree(loaded):
+    model = loaded[2]
+    reference = manual_grads(model, TRAIN)
+    for kwargs in ({}, {"pad_multiple": 0}, {"batch_size": 5}, {"method": "loop"}, {"method": "vmap"}):
+        torch.testing.assert_close(per_example_grads(model, TRAIN, **kwargs), reference, rtol=0, atol=1e-10)
+    # a padded table with an attention mask, against HF's own masked forward pass on the padded rows
+    ids = nn.utils.rnn.pad_sequence([x for x, _ in TRAIN], batch_first=True, padding_value=PAD)
+    mask = (torch.arange(ids.shape[1])[None] < torch.tensor([len(x) for x, _ in TRAIN])[:, None]).long()
+    table = Dataset.from_dict(
+        {"input_ids": ids.tolist(), "attention_mask": mask.tolist(), "label": [y for _, y in TRAIN]}
+    )
+    masked = []
+    for i, (_, y) in enumerate(TRAIN):
+        model.zero_grad()
+        logits = model(input_ids=ids[i : i + 1], attention_mask=mask[i : i + 1]).logits
+        nn.functional.cross_entropy(logits, torch.tensor([y])).backward()
+        masked.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(per_example_grads(model, table), torch.stack(masked), rtol=0, atol=1e-6)
+
+
+def test_pad_token_inside_a_sequence_gets_no_embedding_gradient(loaded):
+    examples = [(torch.tensor([0, 5, PAD, 7, 5, 2]), 1), (torch.tensor([0, PAD, 9, 2]), 0)] + TRAIN[:3]
+    torch.testing.assert_close(
+        per_example_grads(loaded[1], examples), manual_grads(loaded[1], examples), rtol=0, atol=1e-10
+    )
+
+
+def test_select_params_gives_slices_of_the_full_gradient(loaded):
+    model = loaded[0]
+    full = per_example_grads(model, TRAIN)
+    offsets, start = {}, 0
+    for name, p in model.named_parameters():
+        offsets[name] = (start, start + p.numel())
+        start += p.numel()
+    for spec in (["classifier.*", "*.layer.1.attention.*"], "no_word_embeddings", ["*word_embeddings*"]):
+        names = list(select_params(model, spec))
+        cols = torch.cat([torch.arange(*offsets[n]) for n in names])
+        torch.testing.assert_close(per_example_grads(model, TRAIN, spec), full[:, cols], rtol=0, atol=1e-12)
+        torch.testing.assert_close(
+            per_example_grads(model, TRAIN, spec), manual_grads(model, TRAIN, names), rtol=0, atol=1e-10
+        )
+    assert "roberta.embeddings.word_embeddings.weight" not in select_params(model, "no_word_embeddings")
+    assert len(select_params(model, "all")) == len(list(model.parameters()))
+
+
+def test_rescaled_training_gradient_dominates_dot_but_not_cosine(loaded):
+    g_train, g_test = per_example_grads(loaded[1], TRAIN), per_example_grads(loaded[1], TEST + make_examples(30, 3))
+    j = 5
+    scaled = g_train.clone()
+    scaled[j] *= 100
+    positive = (g_test @ g_train[j]) > 0
+    assert positive.sum() >= 5
+    top_dot = topk(pairwise_scores(g_test, scaled, "none"), 1)[:, 0]
+    assert (top_dot[positive] == j).float().mean() >= 0.9
+    assert (topk(pairwise_scores(g_test, g_train, "none"), 1)[:, 0][positive] == j).float().mean() < 0.5
+    before = torch.argsort(pairwise_scores(g_test, g_train, "cosine"), dim=1, stable=True)
+    after = torch.argsort(pairwise_scores(g_test, scaled, "cosine"), dim=1, stable=True)
+    assert torch.equal(before, after)
+
+
+def test_projection_is_unbiased_and_deterministic(loaded):
+    g = per_example_grads(loaded[0], TRAIN[:2])
+    g1, g2 = g[0:1], g[0:1] + 0.5 * g[1:2]
+    pairs = torch.cat([g1, g2])
+    samples = torch.tensor([(lambda p: p[0] @ p[1])(GaussianProjector(32, seed=s)(pairs)).item() for s in range(200)])
+    exact = (g1 @ g2.T).item()
+    se = samples.std().item() / 200**0.5
+    assert abs(samples.mean().item() - exact) <= 3 * se
+    assert samples.std() < abs(exact)  # the spread is that of a d=32 projection, not of an unscaled one
+    proj = GaussianProjector(16, seed=7, chunk=1000)
+    assert torch.equal(proj(g), GaussianProjector(16, seed=7, chunk=1000, cache_entries=0)(g))
+    assert not torch.equal(proj(g), GaussianProjector(16, seed=8, chunk=1000)(g))
+    inf = tracin(loaded[:1], TRAIN, TEST, normalize="none", projector=proj, progress=False)
+    torch.testing.assert_close(
+        inf.total, proj(per_example_grads(loaded[0], TEST)) @ proj(per_example_grads(loaded[0], TRAIN)).T
+    )
+
+
+class LogReg(nn.Module):
+    """Logistic regression written as 2-way logits [0, w·x]: the class-1 probability is sigmoid(w·x)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(dim, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x @ self.w
+        return torch.stack([torch.zeros_like(s), s], dim=-1)
+
+
+@pytest.mark.parametrize("method", ["vmap", "loop"])
+def test_logistic_regression_closed_form(method):
+    torch.manual_seed(0)
+    model = LogReg(7)
+    x = torch.randn(20, 7, dtype=torch.float64)
+    y = torch.randint(0, 2, (20,))
+    grads = per_example_grads(model, list(zip(x, y.tolist(), strict=True)), method=method)
+    closed = (torch.sigmoid(x @ model.w.detach()) - y)[:, None] * x
+    torch.testing.assert_close(grads, closed, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------- captum oracle
+
+
+class LogitsOnly(nn.Module):
+    def __init__(self, hf: nn.Module) -> None:
+        super().__init__()
+        self.hf = hf
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.hf(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def _pad_collate(batch):
+    ids = nn.utils.rnn.pad_sequence([x for x, _ in batch], batch_first=True, padding_value=PAD)
+    return ids, (ids != PAD).long(), torch.tensor([y for _, y in batch])
+
+
+@pytest.mark.parametrize(("ours", "layers"), [("all", None), (["classifier.*"], ["hf.classifier"])])
+def test_matches_captum_tracincp(checkpoints, loaded, ours, layers):
+    from captum.influence import TracInCP
+    from torch.utils.data import DataLoader
+
+    lrs = {str(p): lr for p, lr in zip(checkpoints, [0.1, 0.05, 0.02], strict=True)}
+    states = {str(p): m.state_dict() for p, m in zip(checkpoints, loaded, strict=True)}
+    wrapper = LogitsOnly(tiny_model(seed=9)).eval()
+
+    def load(model: nn.Module, path: str) -> float:
+        model.hf.load_state_dict(states[path])
+        return lrs[path]
+
+    tracer = TracInCP(
+        wrapper,
+        DataLoader(TRAIN, batch_size=4, collate_fn=_pad_collate),
+        checkpoints=list(states),
+        checkpoints_load_func=load,
+        layers=layers,
+        loss_fn=nn.CrossEntropyLoss(reduction="none"),
+        batch_size=4,
+    )
+    expected = tracer.influence(DataLoader(TEST, batch_size=3, collate_fn=_pad_collate))
+    got = tracin(checkpoints, TRAIN, TEST, params=ours, normalize="none", lr_weights=list(lrs.values()), progress=False)
+    assert ((got.total - expected).abs().max() / expected.abs().max()).item() <= 1e-4
+
+
+# ------------------------------------------------------------------------------------------------ plumbing
+
+
+def test_inputs_tables_and_pairs_agree_and_eval_mode_is_restored(loaded):
+    model = loaded[0]
+    table = Dataset.from_dict({"input_ids": [x.tolist() for x, _ in TEST], "label": [y for _, y in TEST]})
+    assert len(as_examples(table)) == len(TEST)
+    reference = tracin([model], TRAIN, TEST, progress=False).total
+    torch.testing.assert_close(tracin([model], TRAIN, table, progress=False).total, reference)
+    model.train()  # dropout on: the kernel must switch it off and restore the training flag
+    torch.testing.assert_close(tracin([model], TRAIN, TEST, progress=False).total, reference)
+    assert model.training
+    model.eval()
+    assert torch.equal(tracin([model], TRAIN, TEST, progress=False).total, reference)  # deterministic
+
+
+def test_finetune_checkpoints_with_tokenizer_load_through_mlmc_models(tmp_path, loaded):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"w{i}": i for i in range(VOCAB)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="w3"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="w1").save_pretrained(tmp_path)
+    loaded[0].save_pretrained(tmp_path)
+    torch.testing.assert_close(
+        tracin([tmp_path], TRAIN, TEST, progress=False).total, tracin(loaded[:1], TRAIN, TEST, progress=False).total
+    )
+
+
+def test_topk_is_stable_with_ties_to_the_lower_index():
+    scores = torch.tensor([[1.0, 3.0, 3.0, -2.0, 0.0, -2.0]])
+    assert topk(scores, 3).tolist() == [[1, 2, 0]]
+    assert topk(scores, 3, sign=-1).tolist() == [[3, 5, 4]]
+    assert topk(np.asarray(scores[0]), 2).tolist() == [1, 2]
+    many = torch.randint(0, 3, (4, 3000), generator=torch.Generator().manual_seed(0)).double()
+    for sign in (1, -1):
+        idx = topk(many, 3000, sign)
+        ranked = many.gather(1, idx)
+        assert (sign * ranked.diff(dim=1) <= 0).all()  # ordered by score
+        assert ((ranked.diff(dim=1) != 0) | (idx.diff(dim=1) > 0)).all()  # equal scores: increasing index
+    with pytest.raises(ValueError, match="'k'.*7"):
+        topk(scores, 7)
+    with pytest.raises(ValueError, match="'sign'"):
+        topk(scores, 1, sign=0)
+
+
+class _Exploding(nn.Module):
+    """A model that fails if any gradient is computed: validation must happen before compute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("compute started before the parameters were validated")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"normalize": "l2"}, "'normalize'"),
+        ({"lr_weights": [0.1, 0.2]}, "'lr_weights'"),
+        ({"lr_weights": [-1.0]}, "'lr_weights'"),
+        ({"method": "jit"}, "'method'"),
+        ({"batch_size": 0}, "'batch_size'"),
+        ({"params": ["encoder.nothing.*"]}, "'params'"),
+        ({"params": "embeddings_only"}, "'params'"),
+        ({"train": []}, "'train'"),
+        ({"test": [(torch.tensor([0, 2]), 1, 5)]}, "'test'"),
+        ({"checkpoints": ["/nonexistent/epoch-1"]}, "'checkpoints'"),
+        ({"checkpoints": []}, "'checkpoints'"),
+    ],
+)
+def test_bad_parameters_raise_before_compute(kwargs, match):
+    args = {"checkpoints": [_Exploding()], "train": TRAIN, "test": TEST} | kwargs
+    with pytest.raises(ValueError, match=match):
+        tracin(args.pop("checkpoints"), args.pop("train"), args.pop("test"), progress=False, **args)
