@@ -27,13 +27,16 @@ from mlmc.book.provenance import device_description, git_sha
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def _not_unknown_parameter(record: logging.LogRecord) -> bool:
-    """Drop papermill's "Passed unknown parameter" warning: its cell parser misses annotations such as ``str | None``,
-    and ``resolve`` has already checked every name against the parameters cell."""
-    return not record.getMessage().startswith("Passed unknown parameter")
+def _not_parameter_inference(record: logging.LogRecord) -> bool:
+    """Drop papermill's parameter-inference warnings ("Passed unknown parameter", "Unable to parse line"): its cell
+    parser misses annotations such as ``str | None``, and ``resolve`` has already checked every name and type."""
+    msg = record.getMessage()
+    return not (msg.startswith("Passed unknown parameter") or msg.startswith("Unable to parse line"))
 
 
-logging.getLogger("papermill").addFilter(_not_unknown_parameter)
+# Filters attach to the logger that emits the record, so each papermill module logger gets its own.
+for _name in ("papermill", "papermill.execute", "papermill.translators", "papermill.inspection"):
+    logging.getLogger(_name).addFilter(_not_parameter_inference)
 
 
 class ChapterFailed(RuntimeError):
