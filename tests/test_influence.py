@@ -217,10 +217,102 @@ def test_projection_is_unbiased_and_deterministic(loaded):
     proj = GaussianProjector(16, seed=7, chunk=1000)
     assert torch.equal(proj(g), GaussianProjector(16, seed=7, chunk=1000, cache_entries=0)(g))
     assert not torch.equal(proj(g), GaussianProjector(16, seed=8, chunk=1000)(g))
-    inf = tracin(loaded[:1], TRAIN, TEST, normalize="none", projector=proj, progress=False)
+    dense = GaussianProjector(16, seed=7, chunk=1000, structure="dense")
+    assert torch.equal(dense(g), proj(g))  # a plain tensor is one flat block, whatever the structure
+    inf = tracin(loaded[:1], TRAIN, TEST, normalize="none", projector=dense, progress=False)
     torch.testing.assert_close(
-        inf.total, proj(per_example_grads(loaded[0], TEST)) @ proj(per_example_grads(loaded[0], TRAIN)).T
+        inf.total, dense(per_example_grads(loaded[0], TEST)) @ dense(per_example_grads(loaded[0], TRAIN)).T
     )
+
+
+def kron_reference(proj: GaussianProjector, model: nn.Module, g: torch.Tensor) -> torch.Tensor:
+    """The Kronecker projection written out densely: per parameter, kron(P1, P2) (or the dense block of a
+    vector) applied to its slice of the flat gradient, summed over parameters."""
+    out, start = torch.zeros(len(g), proj.dim, dtype=g.dtype), 0
+    for k, p in enumerate(model.parameters()):
+        block = g[:, start : start + p.numel()]
+        start += p.numel()
+        if p.ndim < 2:
+            out += GaussianProjector._flat(proj, block, (2, k), True)
+        else:
+            p1, p2 = proj._factors(k, p.shape[0], p.numel() // p.shape[0], block)
+            out += block @ torch.kron(p1, p2).T
+    return out
+
+
+def test_kronecker_projection_equals_its_dense_form_for_every_batch_size(loaded):
+    proj = GaussianProjector(12, seed=3)  # factors 3 x 4
+    assert proj.factors == (3, 4)
+    exact = per_example_grads(loaded[0], TRAIN[:9])  # the word embeddings are projected from the sparse form
+    reference = kron_reference(proj, loaded[0], exact)
+    for batch_size in (1, 4, 9):
+        got = per_example_grads(loaded[0], TRAIN[:9], projector=proj, batch_size=batch_size)
+        torch.testing.assert_close(got, reference, rtol=1e-10, atol=1e-12)
+    again = per_example_grads(loaded[0], TRAIN[:9], projector=GaussianProjector(12, seed=3), batch_size=2)
+    torch.testing.assert_close(again, reference, rtol=1e-10, atol=1e-12)
+    other = per_example_grads(loaded[0], TRAIN[:9], projector=GaussianProjector(12, seed=4))
+    assert not torch.allclose(other, reference)
+
+
+def test_kronecker_projection_is_unbiased(loaded):
+    g = per_example_grads(loaded[0], TRAIN[:2])
+    exact = (g[0] @ g[1]).item()
+    samples = torch.tensor([(lambda p: p[0] @ p[1])(kron_reference(GaussianProjector(16, seed=s), loaded[0], g)).item()
+                            for s in range(200)])  # fmt: skip
+    assert abs(samples.mean().item() - exact) <= 3 * samples.std().item() / 200**0.5
+
+
+def test_dense_projection_with_tracin_matches_projected_grads_at_any_chunk(loaded):
+    for chunk in (100, 5000):
+        proj = GaussianProjector(8, seed=1, chunk=chunk, structure="dense")
+        for batch_size in (3, 256):
+            inf = tracin(
+                loaded[:1], TRAIN, TEST, normalize="none", projector=proj, batch_size=batch_size, progress=False
+            )
+            ref = proj(per_example_grads(loaded[0], TEST)) @ proj(per_example_grads(loaded[0], TRAIN)).T
+            torch.testing.assert_close(inf.total, ref)
+
+
+def test_explicit_cpu_device_equals_the_default(loaded):
+    ref = tracin(loaded[:2], TRAIN, TEST, progress=False)
+    for device in ("cpu", torch.device("cpu")):
+        got = tracin(loaded[:2], TRAIN, TEST, progress=False, device=device)
+        assert torch.equal(got.per_epoch, ref.per_epoch) and torch.equal(got.train_norms, ref.train_norms)
+    assert torch.equal(self_influence(loaded[:2], TRAIN, progress=False, device="cpu"),
+                       self_influence(loaded[:2], TRAIN, progress=False))  # fmt: skip
+    assert torch.equal(per_example_grads(loaded[0], TEST, device="cpu"), per_example_grads(loaded[0], TEST))
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:x", 3.5, "cuda:99"])
+def test_bad_device_raises_naming_device(device):
+    with pytest.raises(ValueError, match="'device'"):
+        tracin([_Exploding()], TRAIN, TEST, progress=False, device=device)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+@pytest.mark.parametrize("fn", ["tracin", "self_influence", "per_example_grads"])
+def test_cuda_without_a_gpu_raises_before_compute(fn):
+    call = {
+        "tracin": lambda: tracin([_Exploding()], TRAIN, TEST, progress=False, device="cuda"),
+        "self_influence": lambda: self_influence([_Exploding()], TRAIN, progress=False, device="cuda"),
+        "per_example_grads": lambda: per_example_grads(_Exploding(), TRAIN, device="cuda"),
+    }[fn]
+    with pytest.raises(ValueError, match="'device'.*cuda.is_available"):
+        call()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("params", ["all", "no_word_embeddings"])
+def test_cuda_matches_cpu(loaded, params):
+    proj = GaussianProjector(16, seed=2)
+    for projector in (None, proj):
+        cpu = tracin(loaded, TRAIN, TEST, params=params, projector=projector, progress=False)
+        gpu = tracin(loaded, TRAIN, TEST, params=params, projector=projector, progress=False, device="cuda")
+        assert gpu.per_epoch.device.type == "cpu" and gpu.train_norms.device.type == "cpu"
+        torch.testing.assert_close(gpu.per_epoch, cpu.per_epoch, rtol=1e-9, atol=1e-9)
+    assert all(p.device.type == "cpu" for m in loaded for p in m.parameters())  # models are given back
+    si = self_influence(loaded, TRAIN, params=params, progress=False, device="cuda:0")
+    torch.testing.assert_close(si, self_influence(loaded, TRAIN, params=params, progress=False))
 
 
 class LogReg(nn.Module):

@@ -47,6 +47,8 @@ from mlmc.models import load, quiet_transformers
 NORMALIZE = ("cosine", "train_only", "none")
 METHODS = ("auto", "vmap", "loop")
 PARAM_PRESETS = ("all", "no_word_embeddings")
+PROJECTIONS = ("kronecker", "dense")
+DEVICES = ("cpu", "cuda")
 
 Checkpoint = str | Path | nn.Module
 LossFn = Callable[[Any, Tensor], Tensor]
@@ -157,38 +159,84 @@ def select_params(model: nn.Module, spec: str | Sequence[str] = "all") -> dict[s
 
 
 class GaussianProjector:
-    """Dense Gaussian random projection ``g -> G g`` with ``G`` in R^{d x p}, entries N(0, 1/d) (chapter 05, §5.3.2).
+    """Gaussian random projection of per-example gradients to ``dim`` coordinates (chapters 01, 05; spec §2.2
+    mode ``projected``). ``E[<Pg1, Pg2>] = <g1, g2>``, so projected TracIn dot products are unbiased.
 
-    ``E[<Gg1, Gg2>] = <g1, g2>``, so projected TracIn is unbiased. ``G`` is generated in blocks of ``chunk`` input
-    coordinates from seeds derived from ``(seed, block)``, so it depends only on ``(dim, seed, chunk)``: the same for
-    train and test gradients, every checkpoint and every batch size. Blocks are cached while ``p*d`` stays below
-    ``cache_entries``; larger models regenerate them on the fly (slower, constant memory).
+    ``structure="kronecker"`` (default; feasible for XLM-R base): every selected parameter gets its own
+    independent projection to R^dim and these are summed, i.e. the column blocks of one projection of the
+    concatenated gradient. A matrix parameter W in R^{m x n} (Linear weights, the word embeddings; higher-order
+    tensors as first axis x the rest) is projected as ``P1 dW P2^T`` with P1 in R^{a x m}, P2 in R^{b x n},
+    entries N(0, 1/a) and N(0, 1/b), ``a * b = dim`` (a: the largest divisor of dim <= sqrt(dim)); this is the
+    Kronecker matrix ``P1 (x) P2`` of the spec's factorised projection ``G1 grad_y x^T G2^T``. The sparse
+    word-embedding gradient is projected without being made dense. Vectors (biases, LayerNorm) are projected
+    densely. Only O(dim * (m + n)) random numbers per matrix, drawn once and cached.
+
+    ``structure="dense"``: one matrix G in R^{p x dim}, entries N(0, 1/dim), over the flattened gradient, drawn in
+    row blocks of ``chunk`` coordinates (memory O(chunk * dim)); blocks beyond ``cache_entries`` are drawn again on
+    every call (p * dim random numbers per batch): small models only.
+
+    Matrices are drawn on the CPU in float64 from seeds derived from ``(seed, parameter, block)``, then moved to
+    the gradients' device and dtype, so the projection depends only on ``(dim, seed, structure, chunk)`` and the
+    parameter selection: the same for train and test gradients, every checkpoint, batch size and device. Called on
+    a plain ``[n, p]`` tensor, the projector treats it as one flat (dense) block.
     """
 
-    def __init__(self, dim: int, seed: int = 0, chunk: int = 8192, cache_entries: int = 2**26) -> None:
+    def __init__(
+        self, dim: int, seed: int = 0, chunk: int = 8192, cache_entries: int = 2**26, structure: str = "kronecker"
+    ) -> None:
         self.dim = check_int("dim", dim, 1)
         self.seed = check_int("seed", seed, 0)
         self.chunk = check_int("chunk", chunk, 1)
         self.cache_entries = check_int("cache_entries", cache_entries, 0)
-        self._cache: dict[tuple[int, int, torch.dtype], Tensor] = {}
+        self.structure = check_choice("structure", structure, PROJECTIONS)
+        self.factors = next((a, dim // a) for a in range(int(dim**0.5), 0, -1) if dim % a == 0)
+        self._cache: dict[tuple, Tensor] = {}
 
-    def _block(self, b: int, rows: int, dtype: torch.dtype) -> Tensor:
-        key = (b, rows, dtype)
-        if key in self._cache:
-            return self._cache[key]
-        state = np.random.SeedSequence([self.seed, b]).generate_state(2, dtype=np.uint32)
+    def _gaussian(self, key: tuple[int, ...], rows: int, cols: int, scale: int, like: Tensor, cache: bool) -> Tensor:
+        """A ``[rows, cols]`` matrix with entries N(0, 1/scale), seeded by ``(seed, *key)``, on ``like``'s device."""
+        ck = (key, rows, cols, like.dtype, like.device)
+        if ck in self._cache:
+            return self._cache[ck]
+        state = np.random.SeedSequence([self.seed, *key]).generate_state(2, dtype=np.uint32)
         gen = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
-        block = (torch.randn(rows, self.dim, generator=gen, dtype=torch.float64) / self.dim**0.5).to(dtype)
-        if (b + 1) * self.chunk * self.dim <= self.cache_entries:
-            self._cache[key] = block
+        block = (torch.randn(rows, cols, generator=gen, dtype=torch.float64) / scale**0.5).to(like.device, like.dtype)
+        if cache:
+            self._cache[ck] = block
         return block
 
-    def __call__(self, g: Tensor) -> Tensor:
-        """Project rows of ``g`` ([n, p]) to [n, dim]."""
-        out = torch.zeros(g.shape[0], self.dim, dtype=g.dtype)
+    def _flat(self, g: Tensor, prefix: tuple[int, ...], cache_all: bool) -> Tensor:
+        out = torch.zeros(g.shape[0], self.dim, dtype=g.dtype, device=g.device)
         for b, start in enumerate(range(0, g.shape[1], self.chunk)):
             part = g[:, start : start + self.chunk]
-            out += part @ self._block(b, part.shape[1], g.dtype)
+            keep = cache_all or (b + 1) * self.chunk * self.dim <= self.cache_entries
+            out += part @ self._gaussian((*prefix, b), part.shape[1], self.dim, self.dim, part, keep)
+        return out
+
+    def _factors(self, k: int, m: int, n: int, like: Tensor) -> tuple[Tensor, Tensor]:
+        a, b = self.factors
+        return self._gaussian((1, k, 0), a, m, a, like, True), self._gaussian((1, k, 1), b, n, b, like, True)
+
+    def __call__(self, g: Tensor) -> Tensor:
+        """Project rows of ``g`` ([n, p]) to [n, dim] with the dense matrix G."""
+        return self._flat(g, (), False)
+
+    def project(self, g: _Grads, shapes: Sequence[tuple[int, ...]]) -> Tensor:
+        """Project one batch of per-example gradients (parameter ``shapes`` in :func:`select_params` order)."""
+        if self.structure == "dense":
+            return self(g.to_dense())
+        n = len(g)
+        slots = [k for k in range(len(shapes)) if g.h is None or k != g.emb_slot]
+        out = torch.zeros(n, self.dim, dtype=g._dtype(), device=g._device())
+        for k, block in zip(slots, g.dense, strict=True):
+            if len(shapes[k]) < 2:
+                out += self._flat(block, (2, k), True)
+                continue
+            p1, p2 = self._factors(k, shapes[k][0], block.shape[1] // shapes[k][0], block)
+            out += (p1 @ block.reshape(n, p1.shape[1], p2.shape[1]) @ p2.T).reshape(n, -1)
+        if g.h is not None:  # P1 dE P2^T = sum over positions of P1[:, id] (P2 h)^T; ignored positions (-1) drop out
+            p1, p2 = self._factors(g.emb_slot, g.vocab, g.h.shape[2], g.h)
+            cols = p1.T[g.ids.clamp_min(0)] * (g.ids >= 0).unsqueeze(2).to(g.h.dtype)
+            out += torch.bmm(cols.transpose(1, 2), g.h @ p2.T).reshape(n, -1)
         return out
 
 
@@ -250,7 +298,7 @@ class _Grads:
         return _Grads(dense, ids, h, first.emb_slot, first.vocab)
 
     def sq_norms(self) -> Tensor:
-        sq = torch.zeros(len(self), dtype=self._dtype())
+        sq = torch.zeros(len(self), dtype=self._dtype(), device=self._device())
         for b in self.dense:
             sq += torch.linalg.vector_norm(b, dim=1).square()
         if self.h is not None:
@@ -261,7 +309,7 @@ class _Grads:
     def dots(self, other: _Grads) -> Tensor:
         """``[len(self), len(other)]`` inner products of the full flattened gradients. The embedding part only
         needs the rows of tokens that occur in ``self``: ``other`` is compacted onto ``self``'s vocabulary."""
-        out = torch.zeros(len(self), len(other), dtype=self._dtype())
+        out = torch.zeros(len(self), len(other), dtype=self._dtype(), device=self._device())
         for a, b in zip(self.dense, other.dense, strict=True):
             out.addmm_(a, b.T)
         if self.h is not None:
@@ -285,22 +333,25 @@ class _Grads:
         rows, ``[n, rows * d]`` (cached: the test set is compared with every training batch)."""
         if self._vocab_map is None:
             present = self.ids[self.ids >= 0].unique()
-            lookup = torch.full((self.vocab,), -1, dtype=torch.long)
-            lookup[present] = torch.arange(len(present))
+            lookup = torch.full((self.vocab,), -1, dtype=torch.long, device=self.ids.device)
+            lookup[present] = torch.arange(len(present), device=self.ids.device)
             self._vocab_map = (lookup, _scatter_rows(self.h, self._rows(lookup), len(present)))
         return self._vocab_map
 
     def _dtype(self) -> torch.dtype:
         return (self.dense[0] if self.dense else self.h).dtype
 
+    def _device(self) -> torch.device:
+        return (self.dense[0] if self.dense else self.h).device
+
 
 def _scatter_rows(h: Tensor, rows: Tensor, n_rows: int) -> Tensor:
     """Sum ``h[b, l]`` ([B, L, d]) into row ``rows[b, l]`` of a zero ``[B, n_rows, d]`` tensor (rows < 0 are
     dropped); returned flattened to ``[B, n_rows * d]``."""
     n, length, d = h.shape
-    out = torch.zeros(n, n_rows, d, dtype=h.dtype)
+    out = torch.zeros(n, n_rows, d, dtype=h.dtype, device=h.device)
     keep = rows >= 0
-    example = torch.arange(n)[:, None].expand(n, length)
+    example = torch.arange(n, device=h.device)[:, None].expand(n, length)
     out.index_put_((example[keep], rows[keep]), h[keep], accumulate=True)
     return out.reshape(n, -1)
 
@@ -330,6 +381,7 @@ class _GradComputer:
         selected = select_params(model, params)
         self.emb = _sparse_embedding(model, selected)
         names = list(selected)
+        self.shapes = [tuple(v.shape) for v in selected.values()]
         self.emb_slot = next(
             (i for i, k in enumerate(names) if self.emb is not None and selected[k] is self.emb.weight), 0
         )
@@ -344,6 +396,7 @@ class _GradComputer:
         self.pad_id = cfg.pad_token_id if paddable and pad_multiple > 1 and method != "loop" else None
         self.multiple = pad_multiple if self.pad_id is not None else None
         self.dtype = next(iter(selected.values())).dtype
+        self.device = next(iter(selected.values())).device
 
     def _loss(self, sel: dict[str, Tensor], delta: Tensor | None, x: Tensor, y: Tensor, mask: Tensor | None) -> Tensor:
         kwargs = {} if mask is None else {"attention_mask": mask.unsqueeze(0)}
@@ -365,14 +418,17 @@ class _GradComputer:
 
     def _vmap(self, xs: list[Tensor], y: Tensor) -> _Grads:
         length = max(len(x) for x in xs)
-        keep = torch.arange(length)[None, :] < torch.tensor([len(x) for x in xs])[:, None]
+        dev = self.device
+        keep = torch.arange(length, device=dev)[None, :] < torch.tensor([len(x) for x in xs], device=dev)[:, None]
         mask = None
         if not keep.all():  # only padded buckets (self.pad_id set) hold unequal lengths
-            mask = torch.zeros(len(xs), 1, 1, length, dtype=self.dtype)
+            mask = torch.zeros(len(xs), 1, 1, length, dtype=self.dtype, device=dev)
             mask.masked_fill_(~keep[:, None, None, :], torch.finfo(self.dtype).min)
             xs = [nn.functional.pad(x, (0, length - len(x)), value=self.pad_id) for x in xs]
         x = torch.stack(xs)
-        delta = None if self.emb is None else torch.zeros(len(xs), length, self.emb.embedding_dim, dtype=self.dtype)
+        delta = None
+        if self.emb is not None:
+            delta = torch.zeros(len(xs), length, self.emb.embedding_dim, dtype=self.dtype, device=dev)
         fn = grad(self._loss, argnums=(0, 1) if self.emb is not None else 0)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*There is a performance drop.*")
@@ -389,7 +445,9 @@ class _GradComputer:
             wrt = list(sel.values())
             delta = None
             if self.emb is not None:
-                delta = torch.zeros(len(xi), self.emb.embedding_dim, dtype=self.dtype, requires_grad=True)
+                delta = torch.zeros(
+                    len(xi), self.emb.embedding_dim, dtype=self.dtype, device=xi.device, requires_grad=True
+                )
                 wrt.append(delta)
             gs = torch.autograd.grad(self._loss(sel, delta, xi, yi, None), wrt, allow_unused=True)
             gs = [torch.zeros_like(p) if g is None else g for p, g in zip(wrt, gs, strict=True)]
@@ -402,6 +460,7 @@ class _GradComputer:
         return self._grads(g_sel, g_delta, ids)
 
     def __call__(self, xs: list[Tensor], y: Tensor) -> _Grads:
+        xs, y = [x.to(self.device) for x in xs], y.to(self.device)
         if self.method == "loop":
             return self._loop(xs, y)
         if self.method == "vmap":
@@ -421,7 +480,7 @@ def _iter_grads(
     with _grad_mode(computer.model, computer.method != "loop"):
         for idx in _buckets(ex, batch_size, computer.multiple):
             g = computer([ex.inputs[i] for i in idx.tolist()], ex.labels[idx])
-            yield idx, (_Grads([projector(g.to_dense())]) if projector is not None else g)
+            yield idx, (_Grads([projector.project(g, computer.shapes)]) if projector is not None else g)
             bar.update(len(idx))
 
 
@@ -433,11 +492,42 @@ def _collect(
     return _Grads.cat([g for _, g in parts]), torch.cat([idx for idx, _ in parts])
 
 
-def _check_common(normalize: str, batch_size: int, method: str, pad_multiple: int) -> None:
+def _check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a :class:`torch.device`: ``"cpu"``, ``"cuda"`` or ``"cuda:<n>"`` of an available GPU."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in DEVICES:
+        raise ValueError(f"parameter 'device' must be 'cpu', 'cuda' or 'cuda:<n>', got {device!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"parameter 'device'={device!r} needs a GPU, but torch.cuda.is_available() is False; use 'cpu'"
+        )
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"parameter 'device'={device!r}: only {torch.cuda.device_count()} GPU(s) are visible")
+    return dev
+
+
+@contextlib.contextmanager
+def _on_device(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
+    """The model moved to ``device``, and back to where it was afterwards (the caller's model is left as found)."""
+    home = next(model.parameters()).device
+    model.to(device)
+    try:
+        yield model
+    finally:
+        model.to(home)
+
+
+def _check_common(
+    normalize: str, batch_size: int, method: str, pad_multiple: int, device: str | torch.device
+) -> torch.device:
     check_choice("normalize", normalize, NORMALIZE)
     check_int("batch_size", batch_size, 1)
     check_choice("method", method, METHODS)
     check_int("pad_multiple", pad_multiple, 0)
+    return _check_device(device)
 
 
 def per_example_grads(
@@ -451,20 +541,22 @@ def per_example_grads(
     method: str = "auto",
     pad_multiple: int = 8,
     progress: bool = False,
+    device: str | torch.device = "cpu",
 ) -> Tensor:
     """Flattened loss gradients ``[n, p]`` (or ``[n, projector.dim]``) of every example, in input order.
 
     ``params``: see :func:`select_params` (columns follow its order). ``method``: ``"vmap"``, ``"loop"`` or
     ``"auto"`` (vmap, falling back to the loop if the model cannot be vmapped). ``pad_multiple``: for XLM-R,
     RoBERTa and BERT, vmap buckets hold lengths rounded up to this multiple, padded and masked (exact, fewer and
-    larger buckets); 0 or 1 keeps exact-length buckets, as for every other model. Used by chapters 01, 03, 05.
+    larger buckets); 0 or 1 keeps exact-length buckets, as for every other model. ``device``: where gradients are
+    computed (the model is moved there and back); the result is on the CPU. Used by chapters 01, 03, 05.
     """
     ex = as_examples(data, "data")
-    _check_common("none", batch_size, method, pad_multiple)
-    computer = _GradComputer(model, params, loss_fn, method, pad_multiple)
-    with tqdm(total=len(ex), desc="per-example grads", disable=not progress) as bar:
+    dev = _check_common("none", batch_size, method, pad_multiple, device)
+    with _on_device(model, dev), tqdm(total=len(ex), desc="per-example grads", disable=not progress) as bar:
+        computer = _GradComputer(model, params, loss_fn, method, pad_multiple)
         grads, order = _collect(computer, ex, batch_size, projector, bar)
-    return grads.to_dense()[torch.argsort(order)]
+        return grads.to_dense().cpu()[torch.argsort(order)]
 
 
 # ------------------------------------------------------------------------------------------------ TracIn
@@ -533,9 +625,16 @@ def _weights(lr_weights: Sequence[float] | None, n: int) -> list[float]:
     return w
 
 
-def _models(items: list[Checkpoint], load_fn: Callable[[Path], nn.Module] | None) -> Iterator[nn.Module]:
+def _models(
+    items: list[Checkpoint], load_fn: Callable[[Path], nn.Module] | None, device: torch.device
+) -> Iterator[nn.Module]:
+    """The checkpoints one at a time on ``device``; models passed in go back to their device afterwards."""
     for c in items:
-        yield c if isinstance(c, nn.Module) else (load_fn or load_checkpoint)(Path(c))
+        if isinstance(c, nn.Module):
+            with _on_device(c, device) as model:
+                yield model
+        else:
+            yield (load_fn or load_checkpoint)(Path(c)).to(device)
 
 
 def tracin(
@@ -553,6 +652,7 @@ def tracin(
     pad_multiple: int = 8,
     load_fn: Callable[[Path], nn.Module] | None = None,
     progress: bool = True,
+    device: str | torch.device = "cpu",
 ) -> Influence:
     """TracIn influence of every training example on every test example, per checkpoint (chapters 01, 03, 05).
 
@@ -561,19 +661,21 @@ def tracin(
     ``"train_only"`` (divide by ``||g(z)||``) or ``"none"`` (dot). ``lr_weights``: one positive weight per
     checkpoint (TracInCP's learning rates); default 1. Test gradients are held in memory, training gradients are
     streamed in length buckets of ``batch_size``; ``projector`` maps both to ``projector.dim`` first.
-    ``method`` and ``pad_multiple``: as in :func:`per_example_grads`.
+    ``method``, ``pad_multiple`` and ``device``: as in :func:`per_example_grads` (test gradients stay on the
+    device; scores and norms come back to the CPU).
     """
-    _check_common(normalize, batch_size, method, pad_multiple)
+    dev = _check_common(normalize, batch_size, method, pad_multiple, device)
     items = _checkpoint_list(checkpoints)
     weights = _weights(lr_weights, len(items))
     train_ex, test_ex = as_examples(train, "train"), as_examples(test, "test")
     n_e, n_test, n_train = len(items), len(test_ex), len(train_ex)
     per_epoch = train_norms = test_norms = torch.empty(0)
     with tqdm(total=n_e * (n_test + n_train), desc="TracIn", disable=not progress) as bar:
-        for e, model in enumerate(_models(items, load_fn)):
+        for e, model in enumerate(_models(items, load_fn, dev)):
             computer = _GradComputer(model, params, loss_fn, method, pad_multiple)
             test_g, test_order = _collect(computer, test_ex, batch_size, projector, bar)
-            t_norms = test_g.sq_norms().sqrt()
+            t_norms_dev = test_g.sq_norms().sqrt()
+            t_norms = t_norms_dev.cpu()
             if e == 0:
                 per_epoch = torch.empty(n_e, n_test, n_train, dtype=t_norms.dtype)
                 train_norms = torch.empty(n_e, n_train, dtype=t_norms.dtype)
@@ -581,8 +683,8 @@ def tracin(
             scores = torch.empty(n_test, n_train, dtype=t_norms.dtype)  # rows in test_order
             for idx, g in _iter_grads(computer, train_ex, batch_size, projector, bar):
                 norms = g.sq_norms().sqrt()
-                scores[:, idx] = weights[e] * _normalise(test_g.dots(g), t_norms, norms, normalize)
-                train_norms[e, idx] = norms
+                scores[:, idx] = (weights[e] * _normalise(test_g.dots(g), t_norms_dev, norms, normalize)).cpu()
+                train_norms[e, idx] = norms.cpu()
             per_epoch[e, test_order] = scores
             test_norms[e, test_order] = t_norms
     return Influence(per_epoch, train_norms, test_norms, torch.tensor(weights, dtype=torch.float64), normalize)
@@ -602,22 +704,23 @@ def self_influence(
     pad_multiple: int = 8,
     load_fn: Callable[[Path], nn.Module] | None = None,
     progress: bool = True,
+    device: str | torch.device = "cpu",
 ) -> Tensor:
     """TracIn score of every example on itself, summed over checkpoints, ``[n]`` (outliers, mislabelled rows).
 
     ``"none"``: ``sum_e w_e ||g_e||^2`` (captum's ``self_influence``); ``"train_only"``: ``sum_e w_e ||g_e||``;
     ``"cosine"``: ``sum_e w_e`` over checkpoints with a non-zero gradient. Arguments as in :func:`tracin`.
     """
-    _check_common(normalize, batch_size, method, pad_multiple)
+    dev = _check_common(normalize, batch_size, method, pad_multiple, device)
     items = _checkpoint_list(checkpoints)
     weights = _weights(lr_weights, len(items))
     ex = as_examples(data, "data")
     out = torch.zeros(len(ex), dtype=torch.float64)
     with tqdm(total=len(items) * len(ex), desc="self-influence", disable=not progress) as bar:
-        for e, model in enumerate(_models(items, load_fn)):
+        for e, model in enumerate(_models(items, load_fn, dev)):
             computer = _GradComputer(model, params, loss_fn, method, pad_multiple)
             for idx, g in _iter_grads(computer, ex, batch_size, projector, bar):
-                sq = g.sq_norms().double()
+                sq = g.sq_norms().double().cpu()
                 term = {"none": sq, "train_only": sq.sqrt(), "cosine": (sq > 0).double()}[normalize]
                 out[idx] += weights[e] * term
     return out

@@ -275,7 +275,8 @@ def run_job(job: Job, progress: bool = False) -> RunResult:
             train_tab = _as_table(tokenize(tokenizer, train, spec.max_length), train["label"])
             test_tab = _as_table(tokenize(tokenizer, tests, spec.max_length), tests["label"])
             proj = influence.GaussianProjector(tr.projection_dim, seed=spec.seed) if tr.projection_dim else None
-            kw = dict(params=tr.params, normalize=tr.normalize, projector=proj, batch_size=tr.batch_size)
+            kw = dict(params=tr.params, normalize=tr.normalize, projector=proj, batch_size=tr.batch_size,
+                      device=spec.device)  # fmt: skip
             inf = influence.tracin(ckpts, train_tab, test_tab, progress=progress, **kw)
             result.per_epoch = inf.per_epoch.numpy()
             if untrained is not None:
