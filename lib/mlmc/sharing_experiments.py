@@ -583,6 +583,11 @@ class Plan:
     k_grid: tuple[int, ...] = ()
     world_seed: int = 0
     device: str = "cpu"
+    n_train_task: dict[str, int] = field(default_factory=dict)
+
+    def n_train_for(self, task: str) -> int:
+        """Training examples per language of ``task``: its entry in ``n_train_task``, else ``n_train``."""
+        return self.n_train_task.get(task, self.n_train)
 
     def validate(self, world: World) -> Plan:
         """Raise ``ValueError`` naming the first bad parameter (unknown task or language, an empty language list,
@@ -605,6 +610,9 @@ class Plan:
         for name in ("n_train", "n_dev", "n_test_pool", "n_test", "epochs", "batch_size", "max_length"):
             check_int(name, getattr(self, name), 1)
         check_int("n_test", self.n_test, 1, self.n_test_pool)
+        for task, n in self.n_train_task.items():
+            check_choice("n_train_task", task, TASKS)
+            check_int(f"n_train_task[{task}]", n, 1)
         if self.patience is not None:
             check_int("patience", self.patience, 1)
         check_positive("weight_decay", self.weight_decay, allow_zero=True)
@@ -628,8 +636,8 @@ class Plan:
         check_choice("trace_epochs", self.trace.epochs, TRACE_EPOCHS)
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ValueError(f"parameter 'device' must be 'cpu' or 'cuda[:n]', got {self.device!r}")
-        n_langs = min(len(self.langs[t]) for t in self.tasks)
-        check_k("k", self.k, self.n_train * min(n_langs, len(self.focus_langs)))
+        n_main = min(self.n_train_for(t) * len(self.langs[t]) for t in self.tasks)
+        check_k("k", self.k, min(n_main, self.n_train_for(self.focus_task) * len(self.focus_langs)))
         for name in ("zero_shot_langs", "imbalance_langs", "k_selection_langs"):
             values = getattr(self, name)
             if values:
@@ -637,13 +645,13 @@ class Plan:
         if self.zero_shot_langs:
             if len(self.focus_langs) < 2:
                 raise ValueError("parameter 'focus_langs' needs at least 2 languages for zero-shot runs")
-            check_k("k", self.k, self.n_train * (len(self.focus_langs) - 1))
+            check_k("k", self.k, self.n_train_for(self.focus_task) * (len(self.focus_langs) - 1))
         for p in self.imbalance_p:
             check_int("imbalance_p", p, 1)
         if self.imbalance_langs and not self.imbalance_p:
             raise ValueError("parameter 'imbalance_p' must list at least one percentage when 'imbalance_langs' is set")
         for kk in self.k_grid:
-            check_k("k_grid", kk, self.n_train * len(self.focus_langs))
+            check_k("k_grid", kk, self.n_train_for(self.focus_task) * len(self.focus_langs))
         if self.k_selection_langs and not self.k_grid:
             raise ValueError("parameter 'k_grid' must list at least one k when 'k_selection_langs' is set")
         return self
@@ -654,7 +662,7 @@ class Plan:
 
     def _job(self, name: str, task: str, langs, seed: int, parallel: bool | None = None, **kw) -> Job:
         data = DataSpec(task, tuple(langs), seed, self.world_seed, self.data.get(task), parallel)
-        return Job(name, data, self._train(task, seed), kw.pop("trace", self.trace), self.n_train, self.n_dev,
+        return Job(name, data, self._train(task, seed), kw.pop("trace", self.trace), self.n_train_for(task), self.n_dev,
                    self.n_test_pool, self.n_test, best_epoch=self.best_epoch.get(task), **kw)  # fmt: skip
 
     def main_jobs(self) -> list[Job]:
@@ -674,7 +682,7 @@ class Plan:
         for lang in self.imbalance_langs:
             tests = tuple(focus.test_meta.loc[focus.test_meta["lang"] == lang, "uid"])
             for p in self.imbalance_p:
-                extra = (lang, int(round(p / 100 * self.n_train)))
+                extra = (lang, int(round(p / 100 * self.n_train_for(self.focus_task))))
                 jobs.append(replace(base, name=f"imbalance/{lang}/{p}", extra=extra, test_langs=(lang,),
                                     test_uids=tests, trace=replace(self.trace, untrained_control=False)))  # fmt: skip
         for lang in self.zero_shot_langs:
