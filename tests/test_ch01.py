@@ -101,11 +101,25 @@ def plan(**changes) -> se.Plan:
         ({"data": {"mnli": "x"}}, "parameter 'data' has unknown task"),
         ({"trace": se.TraceSpec(params="embeddings")}, "parameter 'grad_params'"),
         ({"device": "tpu"}, "parameter 'device'"),
+        ({"n_train_task": {"nli": 100}}, "parameter 'n_train_task'"),
+        ({"n_train_task": {"paraphrase": 0}}, "parameter 'n_train_task\\[paraphrase\\]' must be >= 1"),
+        (
+            {"n_train_task": {"paraphrase": 1}, "k": 6},
+            "parameter 'k' must be <= the number of training examples \\(5\\)",
+        ),
     ],
 )
 def test_plan_validation_names_the_parameter(changes, match):
     with pytest.raises(ValueError, match=match):
         plan(**changes).validate(World(0))
+
+
+def test_per_task_training_size_overrides_the_default():
+    p = plan(n_train_task={"paraphrase": 30}).validate(World(0))
+    assert p.n_train_for("paraphrase") == 30 and p.n_train_for("sentiment") == 10
+    jobs = {j.name: j for j in p.main_jobs() + p.focus_jobs()}
+    assert jobs["main/paraphrase/s0"].n_train == 30 and jobs["main/sentiment/s0"].n_train == 10
+    assert jobs["focus/s0"].n_train == 10
 
 
 def test_real_data_languages_are_checked_against_the_dataset():
