@@ -39,6 +39,7 @@ from mlmc.parsing import BiaffineParser, collate_sentences, evaluate
 from mlmc.sft import LangMask, MaskedOptimizer, sft_step, union_param_masks
 from mlmc.subnetworks import (
     DynamicMask,
+    check_param_masks,
     compose,
     head_importance,
     iterative_head_pruning,
@@ -587,14 +588,11 @@ def check_masks(model: nn.Module, masks: Mapping[str, LangMask], langs: Sequence
     """Every language has a mask entry of the right kind and shape (before any training)."""
     check_subset("masks", list(masks), list(langs), min_size=0)
     shape = head_shape(model)
-    params = dict(model.named_parameters())
     for lang, mask in masks.items():
         if isinstance(mask, torch.Tensor):
             check_head_mask(f"masks[{lang!r}]", mask, shape)
         elif isinstance(mask, Mapping):
-            for name, m in mask.items():
-                if name not in params or m.shape != params[name].shape or m.dtype != torch.bool:
-                    raise ValueError(f"parameter 'masks[{lang!r}]' entry {name!r} does not match the model")
+            check_param_masks(f"masks[{lang!r}]", model, mask)
         elif mask is not None:
             raise ValueError(f"parameter 'masks[{lang!r}]' must be None, an [L, H] tensor or a dict of bool tensors")
 
