@@ -35,6 +35,7 @@ ALTERNATIVES = ("greater", "less")
 VERDICTS = ("pass", "fail", "inconclusive")
 SIGNIFICANT = 6
 N_RESAMPLES = 4999
+MIME = "application/vnd.mlmc.evidence+json"
 
 
 @dataclass(frozen=True)
@@ -463,12 +464,19 @@ def table(checks: Sequence[Check]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def show(checks: Sequence[Check]) -> None:
-    """Display :func:`table` in a notebook without truncating any cell."""
+def show(checks: Sequence[Check], chapter: str) -> None:
+    """Display :func:`table` in a notebook without truncating any cell.
+
+    The output also carries the records under the MIME type :data:`MIME` (with ``chapter``), so that the book's
+    "what reproduced" page is built from the executed chapters, not typed.
+    """
     from IPython.display import display
 
+    t = table(checks)
     with pd.option_context("display.max_colwidth", None, "display.width", 10_000):
-        display(table(checks))
+        bundle = {"text/plain": t.to_string(index=False), "text/html": t.to_html(index=False, escape=True)}
+    records = [{**c.as_dict(), "chapter": chapter} for c in checks]
+    display({**bundle, MIME: {"chapter": chapter, "checks": records}}, raw=True)
 
 
 def summary(checks: Sequence[Check]) -> dict[str, int]:
