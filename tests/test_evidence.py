@@ -137,3 +137,16 @@ def test_bad_options_fail_clearly():
         ev.compare("x", [1, np.nan], [0, 1], control_name="c")
     with pytest.raises(ValueError, match="paired"):
         ev.compare("x", [1, 2, 3], [0, 1], control_name="c", paired=True)
+
+
+def test_check_device_names_the_parameter():
+    import torch
+
+    from mlmc.errors import check_device
+
+    assert check_device("device", "cpu") == "cpu"
+    with pytest.raises(ValueError, match="'device' must be 'cpu', 'cuda'"):
+        check_device("device", "tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="parameter 'device'='cuda' needs a GPU"):
+            check_device("device", "cuda")

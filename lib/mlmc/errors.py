@@ -64,3 +64,21 @@ def check_range(name: str, value: Any, lo: float, hi: float) -> float:
     if not lo <= value <= hi:
         raise ValueError(f"parameter {name!r} must be in [{lo}, {hi}], got {value!r}")
     return value
+
+
+def check_device(name: str, value: Any) -> str:
+    """Return ``value`` if it names a usable torch device (``cpu``, ``cuda``, ``cuda:<n>``); raise before any compute
+    otherwise, e.g. ``cuda`` on a machine without a GPU (every chapter's ``device`` parameter)."""
+    import torch
+
+    try:
+        dev = torch.device(value)
+    except (RuntimeError, TypeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"parameter {name!r} must be 'cpu', 'cuda' or 'cuda:<n>', got {value!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"parameter {name!r}={value!r} needs a GPU, but none is visible to torch; use 'cpu'")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"parameter {name!r}={value!r}: only {torch.cuda.device_count()} GPU(s) are visible")
+    return str(value)
