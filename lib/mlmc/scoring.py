@@ -310,3 +310,83 @@ def span_candidate_logprobs(
         scores.append(_reduce(logps, scored, reduction))
     flat = torch.cat(scores).numpy() if scores else np.zeros(0)
     return flat.reshape(len(grid), len(grid[0]) if grid else 0)
+
+
+# --- chapter 04 (stereotypes): cloze top-k and multi-token candidates at the attribute mask ---------------------------
+def check_top_k(name: str, k: int, tokenizer: PreTrainedTokenizerBase) -> int:
+    """Return ``k`` if 1 <= k <= the tokenizer's vocabulary size; raise naming ``name`` otherwise (before compute)."""
+    return check_int(name, k, min_value=1, max_value=len(tokenizer))
+
+
+def mask_topk(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    k: int,
+    *,
+    which: str = "last",
+    batch_size: int = 32,
+) -> list[list[tuple[int, str, float]]]:
+    """The ``k`` most probable vocabulary tokens at the ``"first"``/``"last"`` mask of each text, best first, as
+    ``(token_id, decoded and stripped token, log-prob)``. Ties break by token id (deterministic). Used by ch. 04."""
+    check_top_k("top_k", k, tokenizer)
+    lp = torch.from_numpy(mask_logprobs(model, tokenizer, texts, which=which, batch_size=batch_size))
+    out = []
+    for row in lp:
+        order = np.lexsort((np.arange(row.numel()), -row.numpy()))[:k]
+        out.append([(int(i), tokenizer.decode([int(i)]).strip(), float(row[i])) for i in order])
+    return out
+
+
+def cloze_candidate_logprobs(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    candidates: Sequence[str],
+    *,
+    which: str = "last",
+    reduction: str = "sum",
+    batch_size: int = 32,
+) -> np.ndarray:
+    """Scores ``[n_texts, n_candidates]`` of candidate words at one mask of texts that may hold several masks.
+
+    Texts contain ``tokenizer.mask_token`` (e.g. the group masked too, for the typicality prior of Kurita et al.);
+    the ``"first"`` or ``"last"`` mask is the slot. A candidate of n word pieces (tokenized as a word on its own)
+    replaces the slot by n masks and scores piece i at mask i, combined by ``reduction``; the other masks stay.
+    Each (text, n) input runs once, batched. Used by ch. 04 (attributes of a world with multi-piece words).
+    """
+    check_choice("reduction", reduction, REDUCTIONS)
+    check_choice("which", which, ("first", "last"))
+    check_int("batch_size", batch_size, min_value=1)
+    mask_id = tokenizer.mask_token_id
+    if mask_id is None:
+        raise ValueError("parameter 'tokenizer' has no mask token; cloze scoring needs a masked LM")
+    base = tokenizer(list(texts))["input_ids"] if len(texts) else []
+    pieces = _pieces(tokenizer, [list(candidates)])
+    lengths = sorted({len(p) for p in pieces.values()})
+    seqs, positions, keys = [], [], []
+    for t, ids in enumerate(base):
+        pos = _mask_position(ids, mask_id, which)
+        for n in lengths:
+            seqs.append(ids[:pos] + [mask_id] * n + ids[pos + 1 :])
+            positions.append(list(range(pos, pos + n)))
+            keys.append((t, n))
+    table = dict(zip(keys, _positions_logprobs(model, tokenizer, seqs, positions, batch_size), strict=True))
+    out = np.zeros((len(base), len(candidates)))
+    for t in range(len(base)):
+        for j, c in enumerate(candidates):
+            ids = pieces[c]
+            lp = table[(t, len(ids))][torch.arange(len(ids)), torch.tensor(ids)]
+            out[t, j] = _reduce(lp[None], torch.ones(1, len(ids), dtype=torch.bool), reduction).item()
+    return out
+
+
+def candidate_topk(scores: np.ndarray, candidates: Sequence[str], k: int) -> list[list[tuple[str, float]]]:
+    """Per row of ``scores`` ``[n, len(candidates)]``, the ``k`` best candidates ``(word, score)``; ties keep the
+    candidates' order. Used by ch. 04."""
+    check_int("top_k", k, min_value=1, max_value=len(candidates))
+    out = []
+    for row in np.asarray(scores):
+        order = np.argsort(-row, kind="stable")[:k]
+        out.append([(candidates[j], float(row[j])) for j in order])
+    return out
