@@ -30,8 +30,33 @@ def _shared_data() -> Path | None:
 
 
 # --- a tiny WordPiece masked LM ---------------------------------------------------------------------------------
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "why", "are", "so", "?", "what", "makes", "police", "off",
-         "##icers", "real", "-", "estate", "develop", "##ers", "strict", "kind", "rude", "lazy", "calm", "is"]
+VOCAB = [
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "why",
+    "are",
+    "so",
+    "?",
+    "what",
+    "makes",
+    "police",
+    "off",
+    "##icers",
+    "real",
+    "-",
+    "estate",
+    "develop",
+    "##ers",
+    "strict",
+    "kind",
+    "rude",
+    "lazy",
+    "calm",
+    "is",
+]
 
 
 @pytest.fixture(scope="module")
@@ -41,20 +66,38 @@ def wp():
     tk.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
     )
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                  sep_token="[SEP]", mask_token="[MASK]")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(VOCAB), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                     intermediate_size=32, max_position_embeddings=32, hidden_dropout_prob=0.0,
-                     attention_probs_dropout_prob=0.0)
+    cfg = BertConfig(
+        vocab_size=len(VOCAB),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     return BertForMaskedLM(cfg).eval(), tok
 
 
 # 1. recall@k --------------------------------------------------------------------------------------------------
 def test_recall_at_k_hand_example():
     ranked = {"q1": ["a", "b", "c", "d"], "q2": ["x", "y"]}
-    gold = pd.DataFrame({"input": ["q1", "q1", "q2", "q2", "q3"], "target_category": ["c1", "c1", "c2", "c2", "c1"],
-                         "completion": ["b", "e", "y", "y", "a"]})
+    gold = pd.DataFrame(
+        {
+            "input": ["q1", "q1", "q2", "q2", "q3"],
+            "target_category": ["c1", "c1", "c2", "c2", "c1"],
+            "completion": ["b", "e", "y", "y", "a"],
+        }
+    )
     r = st.recall_at_k(ranked, gold, [1, 2, 4], by=None).set_index("k").recall
     assert r.tolist() == [0.0, 0.75, 0.75]
     by = st.recall_at_k(ranked, gold, [2], by="target_category").set_index("target_category")
@@ -74,7 +117,11 @@ def test_rerank_by_typicality():
 
 # 3. emotion profile --------------------------------------------------------------------------------------------
 def test_emotion_profile_hand_lexicon():
-    lex = {"angry": frozenset({"anger", "negative"}), "vocal": frozenset(), "kind": frozenset({"joy", "trust", "positive"})}
+    lex = {
+        "angry": frozenset({"anger", "negative"}),
+        "vocal": frozenset(),
+        "kind": frozenset({"joy", "trust", "positive"}),
+    }
     scores, coverage, covered = st.emotion_profile(["angry", "vocal", "kind", "xyz"], lex)
     assert coverage == pytest.approx(0.75) and covered == ["angry", "vocal", "kind"]
     s = dict(zip(st.EMOTIONS, scores, strict=True))
@@ -138,8 +185,11 @@ def test_mask_position_with_multi_piece_groups(wp):
 # cloze scoring: batched == one at a time ----------------------------------------------------------------------
 def test_cloze_candidates_batched_equals_single(wp):
     model, tok = wp
-    texts = [f"why are police off ##icers so {tok.mask_token} ?", f"why are {tok.mask_token} so {tok.mask_token} ?",
-             f"what makes police so {tok.mask_token} ?"]
+    texts = [
+        f"why are police off ##icers so {tok.mask_token} ?",
+        f"why are {tok.mask_token} so {tok.mask_token} ?",
+        f"what makes police so {tok.mask_token} ?",
+    ]
     cands = ["strict", "kind", "developers", "estate"]  # "developers" has two pieces
     assert len(tok("developers", add_special_tokens=False)["input_ids"]) == 2
     batched = scoring.cloze_candidate_logprobs(model, tok, texts, cands, batch_size=8)
@@ -152,7 +202,7 @@ def test_cloze_candidates_batched_equals_single(wp):
     # two-piece candidate by hand: both masks present, piece i scored at mask i
     ids = tok(texts[2])["input_ids"]
     pos = ids.index(tok.mask_token_id)
-    two = ids[:pos] + [tok.mask_token_id] * 2 + ids[pos + 1:]
+    two = ids[:pos] + [tok.mask_token_id] * 2 + ids[pos + 1 :]
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([two])).logits[0].log_softmax(-1)
     pieces = tok("developers", add_special_tokens=False)["input_ids"]
@@ -180,12 +230,30 @@ def test_mask_topk_and_top_k_bound(wp):
 def test_bpe_prior_uses_same_id():
     from mlmc.chapters import stereotypes as drv
 
-    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 4, "why": 5, "Ġare": 6, "Ġso": 7, "Ġstrict": 8,
-             "Ġ?": 9, "Ġcops": 10, "Ġkind": 11}
+    vocab = {
+        "<s>": 0,
+        "<pad>": 1,
+        "</s>": 2,
+        "<unk>": 3,
+        "<mask>": 4,
+        "why": 5,
+        "Ġare": 6,
+        "Ġso": 7,
+        "Ġstrict": 8,
+        "Ġ?": 9,
+        "Ġcops": 10,
+        "Ġkind": 11,
+    }
     tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>", mask_token="<mask>",
-                                  cls_token="<s>", sep_token="</s>")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        unk_token="<unk>",
+        pad_token="<pad>",
+        mask_token="<mask>",
+        cls_token="<s>",
+        sep_token="</s>",
+    )
     assert tok.convert_tokens_to_ids("strict") == tok.unk_token_id  # the released code's lookup would hit <unk>
 
     class Fixed(torch.nn.Module):
@@ -203,8 +271,9 @@ def test_bpe_prior_uses_same_id():
             logits[..., 11] = 2.0
             return type("O", (), {"logits": logits})()
 
-    probes = drv.Probes(texts={"q": ["why Ġare Ġcops Ġso [MASK] Ġ?"]}, priors={"q": ["why Ġare [MASK] Ġso [MASK] Ġ?"]},
-                        candidates=None)
+    probes = drv.Probes(
+        texts={"q": ["why Ġare Ġcops Ġso [MASK] Ġ?"]}, priors={"q": ["why Ġare [MASK] Ġso [MASK] Ġ?"]}, candidates=None
+    )
     out = drv.probe(Fixed(), tok, probes, top_k=2, profile_k=1)
     assert out["raw"]["q"][:2] == ["ġstrict", "ġkind"] or out["raw"]["q"][0].endswith("strict")
     # typicality: strict = 3 - 1 = 2 (relative), kind = 2 - 2 = 0 -> strict stays first
@@ -244,14 +313,20 @@ def test_parse_autocomplete():
 
 
 def test_build_stereotype_set_labels_multiple_engines():
-    rec = pd.DataFrame({
-        "template": ["why are {g} so"] * 4,
-        "target_category": ["profession"] * 4,
-        "target_group": ["nurses"] * 4,
-        "suggestion": ["why are nurses so kind", "why are nurses so kind", "why are nurses so good at math",
-                       "why are nurses so rude"],
-        "search_engine": ["google", "yahoo", "google", "duckduckgo"],
-    })
+    rec = pd.DataFrame(
+        {
+            "template": ["why are {g} so"] * 4,
+            "target_category": ["profession"] * 4,
+            "target_group": ["nurses"] * 4,
+            "suggestion": [
+                "why are nurses so kind",
+                "why are nurses so kind",
+                "why are nurses so good at math",
+                "why are nurses so rude",
+            ],
+            "search_engine": ["google", "yahoo", "google", "duckduckgo"],
+        }
+    )
     data, log = st.build_stereotype_set(rec, ["kind", "rude"])
     assert list(data.columns) == list(st.DATASET_COLUMNS)
     assert data.set_index("completion").search_engine.to_dict() == {"kind": "multiple", "rude": "duckduckgo"}
@@ -262,8 +337,9 @@ def test_world_autocomplete_recovers_planted():
     w = World(seed=0)
     truth = w.stereotype_truth(["en"])
     rec = nf.autocomplete_records(truth, seed=0)
-    data, log = st.build_stereotype_set(rec, nf.adjective_vocabulary(), neutral=nf.NEUTRAL_COMPLETIONS,
-                                        trend=nf.TREND_COMPLETIONS)
+    data, log = st.build_stereotype_set(
+        rec, nf.adjective_vocabulary(), neutral=nf.NEUTRAL_COMPLETIONS, trend=nf.TREND_COMPLETIONS
+    )
     assert set(log.reason) >= {"kept", "multi-word", "neutral", "trend", "not an attribute", "no match"}
     planted = truth.groupby("group").attribute.apply(set)
     share = np.mean([c in planted[g] for g, c in zip(data.target_group, data.completion, strict=True)])
@@ -300,8 +376,10 @@ def test_attribute_shift():
 
 # loader: the released dataset format ---------------------------------------------------------------------------
 def _write_released(path: Path) -> None:
-    rows = [("why are academics so\n", "profession", "academics\n", "Liberal\n", "duckduckgo"),
-            ("why is russia so\n", "country", "Russia\n", "cold\n", "multiple")]
+    rows = [
+        ("why are academics so\n", "profession", "academics\n", "Liberal\n", "duckduckgo"),
+        ("why is russia so\n", "country", "Russia\n", "cold\n", "multiple"),
+    ]
     with open(path, "w", encoding="utf-8") as fh:
         fh.write("input\ttarget_category\ttarget_group\tcompletion\tsearch_engine\n")
         for r in rows:
@@ -330,7 +408,9 @@ def test_load_stereo_dataset_released():
     single = st.load_stereo_dataset(root / "stereotypes_in_lms" / "single_word_stereo_dataset.csv")
     assert len(full) == 2099 and full.target_group.nunique() == 274
     assert len(single) == 1886 and single.input.nunique() == 410
-    assert (full.search_engine.value_counts()[["multiple", "google", "yahoo", "duckduckgo"]] == [998, 560, 342, 199]).all()
+    assert (
+        full.search_engine.value_counts()[["multiple", "google", "yahoo", "duckduckgo"]] == [998, 560, 342, 199]
+    ).all()
     assert "sexuality" not in set(full.target_category)
     groups = {g.lower() for gs in st.load_social_groups().values() for g in gs}
     # one spelling differs between the code's group list and the data: "millenials" vs "millennials"

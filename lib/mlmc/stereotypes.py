@@ -55,7 +55,7 @@ def templates_for(category: str) -> list[str]:
 
 
 def check_templates(name: str, templates: Sequence[str], *, group_slot: str = "{group}", mask: str = MASK) -> list[str]:
-    """Return ``templates`` when each holds ``group_slot`` and ``mask`` exactly once; raise naming ``name`` otherwise."""
+    """Return ``templates`` if each holds ``group_slot`` and ``mask`` exactly once; else raise naming ``name``."""
     if isinstance(templates, str) or not len(templates):
         raise ValueError(f"parameter {name!r} must be a non-empty list of templates, got {templates!r}")
     for t in templates:
@@ -178,9 +178,7 @@ def load_stereo_dataset(path: str | Path, *, categories: Sequence[str] | None = 
 
 
 # --- elicitation and recall (thesis §6.4) ---------------------------------------------------------------------------
-def rerank_by_typicality(
-    post_lp: np.ndarray, prior_lp: np.ndarray, cand_ids: Sequence[int]
-) -> list[tuple[int, float]]:
+def rerank_by_typicality(post_lp: np.ndarray, prior_lp: np.ndarray, cand_ids: Sequence[int]) -> list[tuple[int, float]]:
     """Candidates re-ranked by typicality log P_post - log P_prior (Eqs. 6.1-6.3), best first.
 
     ``post_lp`` / ``prior_lp`` are log-probabilities indexed by candidate id; the sort is stable, so ties keep

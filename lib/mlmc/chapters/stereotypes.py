@@ -124,7 +124,9 @@ def released_probes(gold: pd.DataFrame, prior_template: str) -> Probes:
     for q, g in gold[["input", "target_group"]].drop_duplicates().itertuples(index=False):
         texts[q] = [st.query_probe(q)]
         priors[q] = [
-            st.query_probe(q.replace(g, st.MASK, 1)) if prior_template == "matched" else f"why are {st.MASK} so {st.MASK}"
+            st.query_probe(q.replace(g, st.MASK, 1))
+            if prior_template == "matched"
+            else f"why are {st.MASK} so {st.MASK}"
         ]
     return Probes(texts=texts, priors=priors, candidates=None)
 
@@ -189,14 +191,37 @@ def load_model(name: str, world: World | None, device: str):
     return model.to(device).eval(), tok
 
 
-def finetune(model, tok, texts: Sequence[str], *, fraction: float, lr: float, batch_size: int, seed: int,
-             salient_ids: Sequence[int] | None = None, salient_prob: float = 0.0, max_length: int = 64):
+def finetune(
+    model,
+    tok,
+    texts: Sequence[str],
+    *,
+    fraction: float,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    salient_ids: Sequence[int] | None = None,
+    salient_prob: float = 0.0,
+    max_length: int = 64,
+):
     """A fine-tuned copy of ``model``: one epoch of masked-LM training on the first ⌈fraction·N⌉ texts."""
     sub = st.fraction_subset(texts, fraction)
     ft = copy.deepcopy(model)
-    pretrain_mlm(ft, tok, sub, steps=math.ceil(len(sub) / batch_size), batch_size=batch_size, lr=lr, seed=seed,
-                 salient_ids=salient_ids, salient_prob=salient_prob, warmup_frac=0.0, weight_decay=0.0,
-                 max_length=max_length, progress=False)
+    pretrain_mlm(
+        ft,
+        tok,
+        sub,
+        steps=math.ceil(len(sub) / batch_size),
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        salient_ids=salient_ids,
+        salient_prob=salient_prob,
+        warmup_frac=0.0,
+        weight_decay=0.0,
+        max_length=max_length,
+        progress=False,
+    )
     return ft.eval(), len(sub)
 
 
@@ -246,3 +271,206 @@ def probe(model, tok, probes: Probes, *, top_k: int, profile_k: int, batch_size:
 
 def _dedupe(words: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(words))
+
+
+# --- stereotype exposure: continued pretraining of the zoo model on one world language (cached) --------------------
+ADAPT_VERSION = 1
+
+
+def attribute_piece_ids(world: World, lang: str, tok) -> list[int]:
+    """Token ids of the pieces of every attribute word of ``lang`` (masked with ``salient_prob`` in training)."""
+    forms = [world.word(lang, a) for a in nf.adjective_vocabulary()]
+    return sorted({i for ids in tok(forms, add_special_tokens=False)["input_ids"] for i in ids})
+
+
+def exposure_corpus(world: World, lang: str, n: int, p_culture: float) -> list[str]:
+    """World text of ``lang`` in which a share ``p_culture`` are culture statements (half of them about groups,
+    with the planted attributes at the language's bias strength): the world's own pretraining generator."""
+    return list(World(world.seed, p_culture=p_culture).pretraining_corpus([lang], n_per_lang=n)["text"])
+
+
+def expose(
+    model_name: str,
+    world: World,
+    lang: str,
+    *,
+    n: int,
+    p_culture: float,
+    steps: int,
+    lr: float,
+    salient_prob: float,
+    seed: int,
+    device: str,
+    progress: bool = False,
+):
+    """The chapter's pretrained model: ``model_name`` from the zoo, further trained for ``steps`` masked-LM steps on
+    :func:`exposure_corpus` with salient masking of attribute pieces; cached under ``$MLMC_CACHE/ch04/``.
+
+    Returns ``(model, tokenizer, info)``; ``info`` holds the cache key, whether it was built now, and CPU seconds.
+    """
+    from mlmc.utils import atomic_dir, stable_hash
+
+    base = zoo.path(model_name, world=world)
+    recipe = dict(
+        version=ADAPT_VERSION,
+        base=base.name,
+        world=world.config(),
+        lang=lang,
+        n=n,
+        p_culture=p_culture,
+        steps=steps,
+        lr=lr,
+        salient_prob=salient_prob,
+        seed=seed,
+    )
+    entry = zoo.cache_root() / "ch04" / f"{model_name}-{lang}-{stable_hash(recipe)}"
+    built, cpu = False, 0.0
+    if not (entry / "recipe.json").is_file():
+        model, tok = mlmc_models.load(base, "mlm")
+        texts = exposure_corpus(world, lang, n, p_culture)
+        t0 = time.process_time()
+        pretrain_mlm(
+            model,
+            tok,
+            texts,
+            steps=steps,
+            batch_size=32,
+            lr=lr,
+            seed=seed,
+            salient_ids=attribute_piece_ids(world, lang, tok),
+            salient_prob=salient_prob,
+            progress=progress,
+        )
+        cpu, built = time.process_time() - t0, True
+        import json
+
+        with atomic_dir(entry) as tmp, mlmc_models.quiet_transformers():
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            (tmp / "recipe.json").write_text(json.dumps(recipe | {"train_cpu_s": round(cpu, 1)}, indent=1))
+    model, tok = mlmc_models.load(entry, "mlm")
+    return model.to(device).eval(), tok, {"entry": entry.name, "built": built, "cpu_s": cpu}
+
+
+# --- profiles and the fine-tuning grid ------------------------------------------------------------------------------
+RANKINGS = ("raw", "typicality")
+
+
+def profile_words(out: dict, key: str, ranking: str, k: int) -> list[str]:
+    """Words behind a profile: the union of each probe's raw top ``k`` (thesis) or the ``k`` most typical words."""
+    return out["profile_words"][key] if ranking == "raw" else out["reranked"][key][:k]
+
+
+def profiles(out: dict, lexicon: dict, ranking: str, k: int) -> tuple[pd.DataFrame, pd.Series]:
+    """Emotion profiles (keys x :data:`mlmc.stereotypes.EMOTIONS`, 0-100) and lexicon coverage per key."""
+    rows, cov = {}, {}
+    for key in out["raw"]:
+        scores, coverage, _ = st.emotion_profile(profile_words(out, key, ranking, k), lexicon)
+        rows[key], cov[key] = scores, coverage
+    return pd.DataFrame(rows, index=list(st.EMOTIONS)).T, pd.Series(cov, name="coverage")
+
+
+def slant_share(words: Sequence[str], source: str, lexicon: dict) -> float:
+    """% of the lexicon-covered words that belong to a news source's slant (:func:`newsfeed.slant_pool`)."""
+    pool = set(nf.slant_pool(source))
+    covered = [w for w in dict.fromkeys(words) if w in lexicon]
+    return 100.0 * float(np.mean([w in pool for w in covered])) if covered else 0.0
+
+
+@dataclass
+class GridResult:
+    """Everything measured on the fine-tuned models."""
+
+    shifts: pd.DataFrame  # source, fraction, seed, group, category, target, ranking, slant_pre, slant_post, delta
+    delta_rho: pd.DataFrame  # source, fraction, seed, ranking, category, delta_rho
+    recall: pd.DataFrame  # source, fraction, seed, k, recall (re-ranked, all categories)
+    outputs: dict  # (source, fraction, seed) -> probe output
+    n_texts: dict  # (source, fraction) -> number of fine-tuning texts
+    cpu_s: float
+
+
+def run_grid(
+    model,
+    tok,
+    probes: Probes,
+    pre_out: dict,
+    news: dict[str, list[str]],
+    *,
+    groups: dict,
+    targets: list[str],
+    gold: pd.DataFrame,
+    gold_key: str,
+    fractions: Sequence[float],
+    seeds: Sequence[int],
+    lexicon: dict,
+    top_k: int,
+    profile_k: int,
+    recall_ks: Sequence[int],
+    lr: float,
+    batch_size: int,
+    salient_ids: Sequence[int] | None,
+    salient_prob: float,
+    progress: bool = True,
+) -> GridResult:
+    """Fine-tune a copy of ``model`` on every (news source, fraction, seed), probe it, and measure the shifts."""
+    t0 = time.process_time()
+    cat_of = {g: c for c, gs in groups.items() for g in gs}
+    pre_prof = {r: profiles(pre_out, lexicon, r, profile_k)[0] for r in RANKINGS}
+    shifts, drho, rec, outputs, n_texts = [], [], [], {}, {}
+    jobs = [(s, f, sd) for s in news for f in fractions for sd in seeds]
+    for source, frac, seed in tqdm(jobs, desc="fine-tuning", disable=not progress):
+        ft, n = finetune(
+            model,
+            tok,
+            news[source],
+            fraction=frac,
+            lr=lr,
+            batch_size=batch_size,
+            seed=seed,
+            salient_ids=salient_ids,
+            salient_prob=salient_prob,
+        )
+        out = probe(ft, tok, probes, top_k=top_k, profile_k=profile_k)
+        outputs[(source, frac, seed)], n_texts[(source, frac)] = out, n
+        for r in RANKINGS:
+            for key in out["raw"]:
+                pre_s = slant_share(profile_words(pre_out, key, r, profile_k), source, lexicon)
+                post_s = slant_share(profile_words(out, key, r, profile_k), source, lexicon)
+                shifts.append(
+                    dict(
+                        source=source,
+                        fraction=frac,
+                        seed=seed,
+                        group=key,
+                        category=cat_of.get(key, ""),
+                        target=key in targets,
+                        ranking=r,
+                        slant_pre=pre_s,
+                        slant_post=post_s,
+                        delta=post_s - pre_s,
+                    )
+                )
+            post_prof = profiles(out, lexicon, r, profile_k)[0]
+            for cat, d in st.delta_rho(pre_prof[r], post_prof, groups).items():
+                drho.append(dict(source=source, fraction=frac, seed=seed, ranking=r, category=cat, delta_rho=d))
+        rk = st.recall_at_k(out["reranked"], gold, recall_ks, key=gold_key, by=None)
+        rec += [dict(source=source, fraction=frac, seed=seed, k=k, recall=v) for k, v in zip(rk.k, rk.recall, strict=True)]
+    return GridResult(
+        pd.DataFrame(shifts), pd.DataFrame(drho), pd.DataFrame(rec), outputs, n_texts, time.process_time() - t0
+    )
+
+
+def planted_hits(ranked: dict[str, list[str]], planted: dict[str, list[str]], k: int, shuffle: bool) -> np.ndarray:
+    """Per group, the share of its planted attributes among its top ``k``; with ``shuffle`` each group is scored
+    against the planted attributes of the next group in the list (a derangement: the shuffled-group control)."""
+    gs = [g for g in ranked if g in planted]
+    other = gs[1:] + gs[:1] if shuffle else gs
+    return np.array([len(set(ranked[g][:k]) & set(planted[o])) / len(planted[o]) for g, o in zip(gs, other, strict=True)])
+
+
+def recall_by_group(ranked: dict[str, list[str]], gold: pd.DataFrame, k: int, shuffle: bool) -> np.ndarray:
+    """Per group, recall@k of its stereotype-set rows; with ``shuffle`` each group's rows are looked up in the
+    ranking of the next group (shuffled-group control)."""
+    gs = [g for g in ranked if g in set(gold.target_group)]
+    other = dict(zip(gs, gs[1:] + gs[:1] if shuffle else gs, strict=True))
+    return np.array([np.mean([c in ranked[other[g]][:k] for c in gold[gold.target_group == g].completion]) for g in gs])

@@ -21,7 +21,13 @@ from .lexicon import ATTRIBUTES, DETERMINERS, GROUPS, NEUTRAL_ADJ
 from .lexicon import _rng as rng_for
 
 ENGINES = ("google", "yahoo", "duckduckgo")
-QUERY_TEMPLATES = ("why are {g} so", "what makes {g} so", "how come {g} are so", "why are {g} always so", "why are all {g} so")
+QUERY_TEMPLATES = (
+    "why are {g} so",
+    "what makes {g} so",
+    "how come {g} are so",
+    "why are {g} always so",
+    "why are all {g} so",
+)
 # completions that the thesis's manual cleaning drops, as the world's search engines might return them
 MULTI_WORD = ("good at maths", "bad at sports", "afraid of dogs", "into music")
 NEUTRAL_COMPLETIONS = ("called", "named", "common")
@@ -87,9 +93,7 @@ def autocomplete_records(
                             pool = planted[g] if rng.random() < p_planted else attrs
                             text = f"{query} {pool[int(rng.integers(len(pool)))]}"
                         rows.append(
-                            dict(
-                                template=t, target_category=cat, target_group=g, suggestion=text, search_engine=engine
-                            )
+                            dict(template=t, target_category=cat, target_group=g, suggestion=text, search_engine=engine)
                         )
     return pd.DataFrame(rows)
 
