@@ -131,6 +131,17 @@ def released_probes(gold: pd.DataFrame, prior_template: str) -> Probes:
     return Probes(texts=texts, priors=priors, candidates=None)
 
 
+def released_profile_probes(groups: dict[str, list[str]]) -> Probes:
+    """Thesis §6.5: every group of ``groups`` in the 5 templates of its category, prior with the group masked."""
+    texts, priors = {}, {}
+    for cat, gs in groups.items():
+        for g in gs:
+            ts = st.templates_for(cat)
+            texts[g] = [st.query_probe(t.replace("{g}", g)) for t in ts]
+            priors[g] = [st.query_probe(t.replace("{g}", st.MASK)) for t in ts]
+    return Probes(texts=texts, priors=priors, candidates=None)
+
+
 def world_stereotype_set(world: World, lang: str, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Autocomplete records of ``lang``'s culture and the stereotype set built from them (with the cleaning log)."""
     records = nf.autocomplete_records(world.stereotype_truth([lang]), seed=seed)
@@ -143,7 +154,7 @@ def world_stereotype_set(world: World, lang: str, seed: int) -> tuple[pd.DataFra
 
 
 def load_news(path: str | Path | None, source: str, *, text_field: str = "text", n: int | None = None) -> list[str]:
-    """Texts of one news source for fine-tuning: a plain-text file (one document per line), a JSONL file (field
+    """Texts of one news source for fine-tuning: a plain-text file (one document per line), a JSONL or CSV file (field
     ``text_field``; a ``source`` / ``publication`` field, if present, selects ``source``), a folder holding
     ``<source>.txt`` / ``<source>.jsonl``, or an HF datasets id ``hf:<id>`` (split ``train``, filtered likewise).
     The first ``n`` texts are kept (file order, as in the thesis's article selection)."""
@@ -158,7 +169,7 @@ def load_news(path: str | Path | None, source: str, *, text_field: str = "text",
     else:
         p = Path(spath)
         if p.is_dir():
-            hits = [p / f"{source}.{ext}" for ext in ("txt", "jsonl") if (p / f"{source}.{ext}").is_file()]
+            hits = [p / f"{source}.{ext}" for ext in ("txt", "jsonl", "csv") if (p / f"{source}.{ext}").is_file()]
             if not hits:
                 raise ValueError(f"parameter 'news_path': no {source}.txt or {source}.jsonl in {spath!r}")
             p = hits[0]
@@ -166,6 +177,8 @@ def load_news(path: str | Path | None, source: str, *, text_field: str = "text",
             raise ValueError(f"parameter 'news_path': no file or folder at {spath!r}")
         if p.suffix == ".jsonl":
             rows = pd.read_json(p, lines=True)
+        elif p.suffix == ".csv":  # All-The-News layout: one article per row, columns publication and content
+            rows = pd.read_csv(p)
         else:
             lines = [x.strip() for x in p.read_text(encoding="utf-8").splitlines()]
             rows = pd.DataFrame({text_field: [x for x in lines if x]})
@@ -370,9 +383,17 @@ def profiles(out: dict, lexicon: dict, ranking: str, k: int) -> tuple[pd.DataFra
     return pd.DataFrame(rows, index=list(st.EMOTIONS)).T, pd.Series(cov, name="coverage")
 
 
-def slant_share(words: Sequence[str], source: str, lexicon: dict) -> float:
-    """% of the lexicon-covered words that belong to a news source's slant (:func:`newsfeed.slant_pool`)."""
-    pool = set(nf.slant_pool(source))
+def slant_pools(sources: Sequence[str], lexicon: dict, data_source: str) -> dict[str, set[str]]:
+    """The words whose share a source should raise: its planted slant in the world; for real news (no planted
+    slant) the lexicon's anger/disgust/fear words for every source, i.e. a hostility share."""
+    if data_source == "world":
+        return {s: set(nf.slant_pool(s)) for s in sources}
+    hostile = {w for w, labels in lexicon.items() if labels & {"anger", "disgust", "fear"}}
+    return {s: hostile for s in sources}
+
+
+def slant_share(words: Sequence[str], pool: set[str], lexicon: dict) -> float:
+    """% of the lexicon-covered words that belong to ``pool`` (a news source's slant, :func:`slant_pools`)."""
     covered = [w for w in dict.fromkeys(words) if w in lexicon]
     return 100.0 * float(np.mean([w in pool for w in covered])) if covered else 0.0
 
@@ -393,11 +414,13 @@ def run_grid(
     model,
     tok,
     probes: Probes,
+    recall_probes: Probes,
     pre_out: dict,
     news: dict[str, list[str]],
     *,
     groups: dict,
     targets: list[str],
+    pools: dict[str, set[str]],
     gold: pd.DataFrame,
     gold_key: str,
     fractions: Sequence[float],
@@ -431,11 +454,12 @@ def run_grid(
             salient_prob=salient_prob,
         )
         out = probe(ft, tok, probes, top_k=top_k, profile_k=profile_k)
+        rout = out if recall_probes is probes else probe(ft, tok, recall_probes, top_k=top_k, profile_k=profile_k)
         outputs[(source, frac, seed)], n_texts[(source, frac)] = out, n
         for r in RANKINGS:
             for key in out["raw"]:
-                pre_s = slant_share(profile_words(pre_out, key, r, profile_k), source, lexicon)
-                post_s = slant_share(profile_words(out, key, r, profile_k), source, lexicon)
+                pre_s = slant_share(profile_words(pre_out, key, r, profile_k), pools[source], lexicon)
+                post_s = slant_share(profile_words(out, key, r, profile_k), pools[source], lexicon)
                 shifts.append(
                     dict(
                         source=source,
@@ -453,8 +477,10 @@ def run_grid(
             post_prof = profiles(out, lexicon, r, profile_k)[0]
             for cat, d in st.delta_rho(pre_prof[r], post_prof, groups).items():
                 drho.append(dict(source=source, fraction=frac, seed=seed, ranking=r, category=cat, delta_rho=d))
-        rk = st.recall_at_k(out["reranked"], gold, recall_ks, key=gold_key, by=None)
-        rec += [dict(source=source, fraction=frac, seed=seed, k=k, recall=v) for k, v in zip(rk.k, rk.recall, strict=True)]
+        rk = st.recall_at_k(rout["reranked"], gold, recall_ks, key=gold_key, by=None)
+        rec += [
+            dict(source=source, fraction=frac, seed=seed, k=k, recall=v) for k, v in zip(rk.k, rk.recall, strict=True)
+        ]
     return GridResult(
         pd.DataFrame(shifts), pd.DataFrame(drho), pd.DataFrame(rec), outputs, n_texts, time.process_time() - t0
     )
@@ -465,7 +491,9 @@ def planted_hits(ranked: dict[str, list[str]], planted: dict[str, list[str]], k:
     against the planted attributes of the next group in the list (a derangement: the shuffled-group control)."""
     gs = [g for g in ranked if g in planted]
     other = gs[1:] + gs[:1] if shuffle else gs
-    return np.array([len(set(ranked[g][:k]) & set(planted[o])) / len(planted[o]) for g, o in zip(gs, other, strict=True)])
+    return np.array(
+        [len(set(ranked[g][:k]) & set(planted[o])) / len(planted[o]) for g, o in zip(gs, other, strict=True)]
+    )
 
 
 def recall_by_group(ranked: dict[str, list[str]], gold: pd.DataFrame, k: int, shuffle: bool) -> np.ndarray:
