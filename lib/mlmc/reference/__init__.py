@@ -18,6 +18,14 @@ Each CSV file in this folder is one table, loaded with ``load(name)``. Sources:
 - ``ch4_thesis``: the other numbers of thesis chapter 4 in long format: Table 4.1 (mean LAS and best-system share),
   Table 4.3 (unseen and rare labels), Table 4.4 (training-language LAS and heads switched off), Table 4.5 (selection
   vs protection) and Table 4.6 (gradient conflicts). Used by chapter 02.
+- ``ch6_thesis`` (chapter 04): numbers of thesis chapter 6 (Choenni, Shutova & van Rooij, EMNLP 2021) in long format:
+  Table 6.2 (stereotype rows per category; rows per engine counted in the released data), recall@200 per category and
+  mean recall@k of Fig. 6.1, cross-model RSA (Fig. D.3), mean Δρ after fine-tuning per news source and data fraction
+  (Fig. 6.5), recall after fine-tuning (Fig. 6.4), (1-ρ)·100 of Table D.2 (RoBERTa-B rows) and Fig. 6.3's
+  source-vs-source ρ. Values recomputed from the author's released outputs are marked so in ``source``.
+- ``ch6_social_groups.json`` (chapter 04; read by ``mlmc.stereotypes.load_social_groups``): the 374 social groups in 9
+  categories and the 5 query templates of thesis App. D, spelled as in the released dataset
+  (RochelleChoenni/stereotypes_in_lms, MIT). Content warning: the sexuality list holds slurs the data was collected with.
 """
 
 from __future__ import annotations
