@@ -194,3 +194,29 @@ def test_smoke_profile_runs_end_to_end(tmp_path, results):
     (run_dir,) = (results / "04_stereotypes").iterdir()
     tables = {p.stem for p in run_dir.glob("*.csv")}
     assert {"stereotype_set", "recall", "profiles", "slant_shifts", "delta_rho", "planted_checks"} <= tables
+
+
+def test_full_profile_parameters_validate():
+    import yaml
+
+    from mlmc.book.project import project_root
+
+    full = yaml.safe_load((project_root() / "notebooks" / "params" / "full" / "04_stereotypes.yaml").read_text())
+    params = BASE | full | {"device": "cpu"}  # the full profile names cuda; no GPU here
+    out = drv.check_params(params)
+    assert set(out["groups"]) == set(full["categories"])
+    assert all(g in [x for gs in out["groups"].values() for x in gs] for g in full["target_groups"])
+
+
+def test_finetune_uses_the_first_fraction_and_leaves_the_model():
+    from mlmc import zoo
+    from mlmc.world import World
+
+    texts = list(World(seed=0).pretraining_corpus(langs=["en"], n_per_lang=40)["text"])
+    tok = zoo.train_tokenizer(texts, arch="xlmr", vocab_size=200)
+    model = zoo.init_model(zoo.recipe("tiny-xlmr", layers=1, heads=2), tok)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ft, n = drv.finetune(model, tok, texts, fraction=0.25, lr=1e-3, batch_size=4, seed=0)
+    assert n == 10  # ceil(0.25 * 40)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert any(not torch.equal(before[k], v) for k, v in ft.state_dict().items())

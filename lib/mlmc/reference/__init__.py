@@ -25,7 +25,8 @@ Each CSV file in this folder is one table, loaded with ``load(name)``. Sources:
   source-vs-source ρ. Values recomputed from the author's released outputs are marked so in ``source``.
 - ``ch6_social_groups.json`` (chapter 04; read by ``mlmc.stereotypes.load_social_groups``): the 374 social groups in 9
   categories and the 5 query templates of thesis App. D, spelled as in the released dataset
-  (RochelleChoenni/stereotypes_in_lms, MIT). Content warning: the sexuality list holds slurs the data was collected with.
+  (RochelleChoenni/stereotypes_in_lms, MIT). Content warning: the sexuality list holds slurs the data was collected
+  with.
 """
 
 from __future__ import annotations
