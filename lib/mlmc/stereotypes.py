@@ -67,11 +67,6 @@ def check_templates(name: str, templates: Sequence[str], *, group_slot: str = "{
     return list(templates)
 
 
-def fill_template(template: str, group: str, mask_token: str, *, group_slot: str = "{group}") -> str:
-    """Insert ``group`` (verbatim, multi-word groups included) and the tokenizer's mask token into a template."""
-    return template.replace(group_slot, group).replace(MASK, mask_token)
-
-
 def query_probe(query: str) -> str:
     """The cloze text of an autocomplete query: ``"why are {g} so"`` -> ``"why are {g} so [MASK] ?"`` (thesis §6.4)."""
     return f"{query.strip()} {MASK} ?"
