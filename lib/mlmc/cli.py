@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
@@ -75,7 +76,9 @@ def _list() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``mlmc`` console script; returns 2 for bad parameters and 1 for failed runs or builds."""
+    """Entry point of the ``mlmc`` console script; returns 2 for bad parameters (checked before the run or raised by
+    the chapter's checks), 1 for failed runs or builds, 130 when interrupted. Errors are one ``mlmc:`` line except for
+    an unexpected failure inside a chapter, which shows the end of its traceback."""
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
@@ -89,9 +92,18 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"mlmc: error: {err}", file=sys.stderr)
         return 2
-    except (ChapterFailed, BookBuildFailed) as err:
+    except ChapterFailed as err:
+        print(f"mlmc: {err}", file=sys.stderr)
+        return 2 if err.user_error else 1
+    except BookBuildFailed as err:
         print(f"mlmc: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as err:
+        # the interrupted cell's asyncio task is abandoned; do not let its "never retrieved" report follow this line
+        logging.getLogger("asyncio").disabled = True
+        why = f" ({err})" if str(err) else ""
+        print(f"mlmc: interrupted{why}; the chapter's processes were stopped and nothing was written", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
