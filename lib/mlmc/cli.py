@@ -1,7 +1,7 @@
 """The ``mlmc`` command: run chapters, build the book, list chapters (see ``book/reproducing.md``).
 
-``mlmc run NN|NN_slug|all [--profile default|smoke|full] [-p key=value ...] [--out DIR]``, ``mlmc build [--out DIR]``,
-``mlmc list``.
+``mlmc run NN|NN_slug|all [--profile default|smoke|full|gpu] [-p key=value ...] [--out DIR]``,
+``mlmc build [--out DIR] [--edition instructor|student] [--smoke-dir DIR]``, ``mlmc list``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from mlmc.book import (
     project_root,
     run_chapter,
 )
+from mlmc.book.build import EDITIONS
 from mlmc.book.params import parse_overrides, resolve
 from mlmc.book.project import toc_files
 
@@ -37,6 +38,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--notebooks", type=Path, help="folder of chapter sources (default: notebooks)")
     build = sub.add_parser("build", help="build the HTML book (-W -n) from the executed chapters")
     build.add_argument("--out", type=Path, help="output root; the HTML goes to OUT/_build/html (default: project)")
+    build.add_argument(
+        "--edition", default="instructor", choices=EDITIONS, help="student: without solution cells, _build/student/html"
+    )
+    build.add_argument("--smoke-dir", type=Path, help="smoke-run notebooks whose runtimes the runs page shows")
     sub.add_parser("list", help="list chapters and whether each is executed or still a placeholder")
     return parser
 
@@ -85,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "build":
             start = time.perf_counter()
-            html = build_book(out_dir=args.out)
+            html = build_book(out_dir=args.out, edition=args.edition, smoke_dir=args.smoke_dir)
             print(f"built {html / 'index.html'} in {time.perf_counter() - start:.1f} s")
             return 0
         return _list()
