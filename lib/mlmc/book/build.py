@@ -72,6 +72,27 @@ def _student_source(root: Path, tmp: Path) -> Path:
     return src
 
 
+_INLINE_SCRIPT = re.compile(r"^\s*<script>.*</script>\s*$")
+
+
+def _dedupe_inline_scripts(html: Path) -> None:
+    """Drop repeated identical inline ``<script>`` lines from every page. Jupyter Book 1.0.4 registers the config
+    scripts of sphinx-thebe and sphinx-togglebutton twice; the second ``const THEBE_JS_URL`` is a SyntaxError in the
+    browser console (the browser test in ``tests/test_website.py`` checks every page)."""
+    for page in html.rglob("*.html"):
+        seen: set[str] = set()
+        lines = page.read_text().splitlines(keepends=True)
+        kept = []
+        for line in lines:
+            if _INLINE_SCRIPT.match(line):
+                if line.strip() in seen:
+                    continue
+                seen.add(line.strip())
+            kept.append(line)
+        if len(kept) != len(lines):
+            page.write_text("".join(kept))
+
+
 def build_book(
     root: str | Path | None = None,
     out_dir: str | Path | None = None,
@@ -111,6 +132,7 @@ def build_book(
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(html), target)
             html = target
+    _dedupe_inline_scripts(html)
     pages = ["index", *toc_files(root / "_toc.yml")]
     missing = [f"{page}.html" for page in pages if not (html / f"{page}.html").is_file()]
     if missing:
