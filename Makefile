@@ -19,7 +19,7 @@ export OMP_NUM_THREADS ?= 1
 export MLMC_CACHE ?= $(HOME)/.cache/mlmc
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup book build student test smoke lint
+.PHONY: setup book build student test smoke gpu-check lint
 
 setup: $(STAMP)
 
@@ -51,6 +51,10 @@ test: setup
 smoke: setup
 	rm -rf $(SMOKE_DIR)
 	MLMC_RESULTS=$(SMOKE_DIR)/results $(BIN)/mlmc run all --profile smoke --out $(SMOKE_DIR)/chapters
+
+# Every chapter's smoke path on cuda against the CPU smoke run (needs a GPU; <= 10 min); writes book/device_checks.json.
+gpu-check: setup
+	$(BIN)/mlmc gpu-check
 
 lint: setup
 	$(BIN)/ruff check lib tests notebooks

@@ -38,6 +38,7 @@ from mlmc.book.postprocess import postprocess, run_table
 from mlmc.book.project import find_notebook, project_root, results_root
 from mlmc.book.provenance import device_description, git_sha
 from mlmc.book.results import RUN_TAG_ENV, RUN_TAG_FILE
+from mlmc.errors import check_device
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _PARAMETER_ERROR = re.compile(r"^(?:unknown )?parameter(?:\(s\))? '?([A-Za-z_]\w*)'?")
@@ -181,6 +182,7 @@ def run_chapter(
     """
     source = Path(chapter) if str(chapter).endswith(".ipynb") else find_notebook(str(chapter), notebooks_dir)
     values, declared = resolve(source, profile, overrides)
+    check_device("device", values["device"])  # every chapter declares it; a missing GPU stops here, before compute
     out = Path(out_dir) if out_dir is not None else project_root() / "book" / "chapters"
     out.mkdir(parents=True, exist_ok=True)
     results = results_root().resolve()
