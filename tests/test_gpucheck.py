@@ -14,11 +14,11 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from test_runner import PARAMS, write_notebook
 
 from mlmc import cli
 from mlmc.book.gpucheck import ATOL, RTOL, compare_tables, gpu_check
 from mlmc.book.params import resolve
-from test_runner import PARAMS, write_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU_PROFILES = sorted((ROOT / "notebooks" / "params" / "gpu").glob("*.yaml"))

@@ -12,6 +12,8 @@ import pytest
 from mlmc import evidence as ev
 from mlmc.book.build import SOLUTION_TAG, book_config, build_book, student_notebook
 from mlmc.book.pages import evidence_records, reproduced_page, runs_page, slug
+from mlmc.book.params import parse_parameters
+from mlmc.book.postprocess import RUN_TABLE_TAG, run_table
 
 ROOT = Path(__file__).resolve().parents[1]
 EXECUTED = sorted((ROOT / "book" / "chapters").glob("*.ipynb"))
@@ -44,8 +46,11 @@ def _chapter(stem: str) -> nbformat.NotebookNode:
         "```{admonition} Solution\n:class: dropdown\nThe hidden answer is forty-two.\n```",
         metadata={"tags": [SOLUTION_TAG]},
     )
+    declared = parse_parameters('seed: int = 0  # random seed\nlangs: list[str] = ["a|b"]  # languages\n')
+    table = run_table({"seed": 1, "profile": "smoke"}, declared, runtime_s=1.5, device="cpu", git="abc")
     nb.cells = [
         nbformat.v4.new_markdown_cell("# A tiny chapter\n\nSome text."),
+        nbformat.v4.new_markdown_cell(table, metadata={"tags": [RUN_TABLE_TAG]}),
         nbformat.v4.new_markdown_cell("## Planted ground-truth check ({term}`Run id`)"),
         code,
         nbformat.v4.new_markdown_cell("## Exercises\n\n1. Why? (~2 min)"),
@@ -104,6 +109,7 @@ def test_tiny_book_builds_with_links_and_student_edition(tiny_book):
     assert f'href="chapters/01_tiny.html#{slug("Planted ground-truth check (Run id)")}"' in page
     chapter = (html / "chapters" / "01_tiny.html").read_text()
     assert "forty-two" in chapter
+    assert '<div class="dropdown admonition">\n<p class="admonition-title">Run parameters. Profile' in chapter
     student = build_book(tiny_book, edition="student")
     assert student == tiny_book / "_build" / "student" / "html"
     text = (student / "chapters" / "01_tiny.html").read_text()

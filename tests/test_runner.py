@@ -208,7 +208,7 @@ def test_run_chapter_writes_postprocessed_notebook(project):
     assert RUN_TABLE_TAG in tags[i_params + 2] and nb.cells[i_params + 2].cell_type == "markdown"
     table = nb.cells[i_params + 2].source
     assert "Profile `smoke`" in table and "git `" in table and "runtime" in table and "device cpu" in table
-    assert table.startswith("````{admonition} Run parameters.") and ":class: dropdown" in table, "a folded dropdown"
+    assert table.startswith(":::{admonition} Run parameters.") and ":class: dropdown" in table, "a folded dropdown"
     assert nb.metadata.mlmc["profile"] == "smoke" and nb.metadata.mlmc["runtime_s"] > 0
     assert "| `n` | **`1`** | `3` | number of items |" in table
     assert "| `seed` | **`7`** | `0` | random seed |" in table

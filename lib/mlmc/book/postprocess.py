@@ -36,7 +36,7 @@ def run_table(
     commit, date) and one row per parameter with its value, default and help text; changed values are bold."""
     today = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
     lines = [
-        f"````{{admonition}} Run parameters. Profile `{values.get('profile', 'default')}` · runtime {runtime_s:.1f} s"
+        f":::{{admonition}} Run parameters. Profile `{values.get('profile', 'default')}` · runtime {runtime_s:.1f} s"
         f" · device {device} · git `{git}` · executed {today} (UTC).",
         ":class: dropdown",
         "",
@@ -49,7 +49,7 @@ def run_table(
             value = f"**{value}**"
         help_text = param.help.replace("|", "\\|")
         lines.append(f"| `{name}` | {value} | {_cell_text(param.default)} | {help_text} |")
-    lines.append("````")
+    lines.append(":::")  # a colon fence: a backtick fence's title may not hold the backticks of the code spans
     return "\n".join(lines)
 
 
