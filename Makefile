@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 # Setup reruns only when pyproject.toml changes: the stamp's name carries the file's hash.
 STAMP := $(VENV)/.mlmc-setup-$(shell sha256sum pyproject.toml | cut -c1-12)
 SMOKE_DIR ?= $(or $(TMPDIR),/tmp)/mlmc-smoke
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --durations=25  # the slowest tests, so every CI log shows where its time budget goes
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 
 export OMP_NUM_THREADS ?= 1

@@ -8,7 +8,8 @@
   notebooks is given, the environment, the last device check (``book/device_checks.json``, written by
   ``mlmc gpu-check``) and which chapters ran at full scale.
 
-Both files are written into ``book/`` (ignored by git) and listed in ``_toc.yml``.
+Both files are written into ``book/`` (ignored by git) and listed in ``_toc.yml``; ``device_checks.md``, the last
+device check alone, is included by ``reproducing.md``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from mlmc.book.postprocess import RUN_TABLE_TAG
 from mlmc.book.project import CHAPTER_RE, toc_files
 from mlmc.evidence import MIME
 
-GENERATED = ("reproduced", "runs")
+GENERATED = ("reproduced", "runs", "device_checks")
 DEVICE_CHECKS = "device_checks.json"
 _HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$", re.M)
 
@@ -178,10 +179,12 @@ def device_checks(root: Path) -> dict[str, Any] | None:
 
 
 def _device_section(root: Path) -> list[str]:
+    """The last device check as markdown (no heading): the runs page shows it, and the reproducing page includes it
+    (``book/device_checks.md``)."""
     record = device_checks(root)
-    lines = ["## Device checks", ""]
+    lines: list[str] = []
     if record is None:
-        return [*lines, "No device check has run yet: no CUDA path of any chapter has been verified on a GPU.", ""]
+        return ["No device check has run yet: no CUDA path of any chapter has been verified on a GPU.", ""]
     passed = [c for c in record["chapters"] if c["passed"]]
     lines += [
         f"The last `make gpu-check` ran on {_cell(record['device'])} on {record['date']} (git `{record['git']}`): "
@@ -251,6 +254,8 @@ def runs_page(root: Path, smoke_dir: Path | None = None) -> str:
         "its `seed` parameter (column above); the same parameters and seed give the same tables on the same kind "
         "of machine.",
         "",
+        "## Device checks",
+        "",
         *_device_section(root),
         "## Full scale",
         "",
@@ -275,7 +280,11 @@ def runs_page(root: Path, smoke_dir: Path | None = None) -> str:
 
 def write_pages(root: Path, smoke_dir: Path | None = None) -> list[Path]:
     """Write the generated pages into ``root/book`` and return their paths."""
-    pages = {"reproduced": reproduced_page(root), "runs": runs_page(root, smoke_dir)}
+    pages = {
+        "reproduced": reproduced_page(root),
+        "runs": runs_page(root, smoke_dir),
+        "device_checks": "\n".join(_device_section(root)),  # included by reproducing.md, not a page of its own
+    }
     paths = []
     for name, text in pages.items():
         path = root / "book" / f"{name}.md"

@@ -155,12 +155,13 @@ def _is_user_error(ename: str, evalue: str) -> bool:
     return ename == "ModelNotAvailableError" or (ename == "ValueError" and bool(_PARAMETER_ERROR.match(evalue)))
 
 
-def _user_error_line(stem: str, where: str, ename: str, evalue: str) -> str:
-    """One line: where, what was wrong (the message names the parameter and the allowed values), how to fix it."""
+def _user_error_line(stem: str, where: str, ename: str, evalue: str, declared: dict[str, Any]) -> str:
+    """One line: where, what was wrong (the message names the parameter and the allowed values), how to fix it. The
+    ``-p`` hint is given only for a parameter the chapter declares (the name the user types)."""
     evalue = " ".join(evalue.split())
     fix = ""
     match = _PARAMETER_ERROR.match(evalue)
-    if ename == "ValueError" and match:
+    if ename == "ValueError" and match and match.group(1) in declared:
         fix = f"; fix: rerun with -p {match.group(1)}=<allowed value>"
     return f"{stem}: {where}: {evalue}{fix}"
 
@@ -206,7 +207,7 @@ def run_chapter(
                 where = _cell_name(err, source)
                 if _is_user_error(err.ename, err.evalue):
                     raise ChapterFailed(
-                        _user_error_line(source.stem, where, err.ename, err.evalue), user_error=True
+                        _user_error_line(source.stem, where, err.ename, err.evalue, declared), user_error=True
                     ) from None
                 trace = _ANSI.sub("", "\n".join(err.traceback[-12:]))
                 raise ChapterFailed(
