@@ -153,7 +153,7 @@ def test_resolve_merges_default_profile_and_overrides(project):
         ("default", {"langs": "l0"}, r"parameter 'langs' must be of type list\[str\]"),
         ("default", {"mode": 3}, r"parameter 'mode' must be of type str \| None, got 3"),
         ("default", {"profile": "full"}, "parameter 'profile' is set by the runner"),
-        ("nightly", {}, r"parameter 'profile' must be one of \['default', 'smoke', 'full'\]"),
+        ("nightly", {}, r"parameter 'profile' must be one of \['default', 'smoke', 'full', 'gpu'\]"),
         ("full", {}, "parameter 'profile': 01_ok has no 'full' profile"),
     ],
 )

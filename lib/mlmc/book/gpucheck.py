@@ -61,8 +61,14 @@ def _run(stem: str, profile: str, device: str | None, work: Path, notebooks: Pat
     cmd += ["--notebooks", str(notebooks)] if notebooks else []
     env = {**os.environ, "MLMC_RESULTS": str(work / "results")}
     start = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=BUDGET_S)
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("mlmc:")] or proc.stderr.splitlines()[-1:]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = proc.communicate(timeout=BUDGET_S)
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # SIGTERM: the runner stops the chapter's kernel and workers before it exits
+        proc.communicate(timeout=60)
+        return False, time.perf_counter() - start, f"mlmc: {stem} ran past the {BUDGET_S} s budget of the check"
+    lines = [line for line in err.splitlines() if line.startswith("mlmc:")] or err.splitlines()[-1:]
     return proc.returncode == 0, time.perf_counter() - start, (lines[0] if lines else "")
 
 
