@@ -27,7 +27,6 @@ from mlmc.book.postprocess import RUN_TABLE_TAG
 from mlmc.book.project import CHAPTER_RE, toc_files
 from mlmc.evidence import MIME
 
-GENERATED = ("reproduced", "runs", "device_checks")
 DEVICE_CHECKS = "device_checks.json"
 _HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$", re.M)
 
