@@ -44,7 +44,7 @@ def test_toc_lists_every_chapter_once_with_one_page_each():
 def test_profile_files_belong_to_a_chapter():
     stems = {p.stem for p in SOURCES}
     for path in sorted((NOTEBOOKS / "params").glob("*/*.yaml")):
-        assert path.parent.name in ("smoke", "full"), f"{path}: profiles are 'smoke' and 'full' only"
+        assert path.parent.name in ("smoke", "full", "gpu"), f"{path}: profiles are 'smoke', 'full' and 'gpu' only"
         assert path.stem in stems, f"{path} has no notebook notebooks/{path.stem}.ipynb"
 
 

@@ -5,6 +5,12 @@ Uses throwaway notebooks written into tmp_path, never the real chapters.
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import nbformat
@@ -13,7 +19,8 @@ import pytest
 from mlmc import cli
 from mlmc.book import ChapterFailed, parse_overrides, parse_parameters, resolve, run_chapter
 from mlmc.book.params import conforms, notebook_parameters
-from mlmc.book.postprocess import RUN_TABLE_TAG
+from mlmc.book.postprocess import FOLD_TAG, RUN_TABLE_TAG
+from mlmc.book.results import RUN_TAG_FILE
 
 PARAMS = """\
 seed: int = 0  # random seed
@@ -146,7 +153,7 @@ def test_resolve_merges_default_profile_and_overrides(project):
         ("default", {"langs": "l0"}, r"parameter 'langs' must be of type list\[str\]"),
         ("default", {"mode": 3}, r"parameter 'mode' must be of type str \| None, got 3"),
         ("default", {"profile": "full"}, "parameter 'profile' is set by the runner"),
-        ("nightly", {}, r"parameter 'profile' must be one of \['default', 'smoke', 'full'\]"),
+        ("nightly", {}, r"parameter 'profile' must be one of \['default', 'smoke', 'full', 'gpu'\]"),
         ("full", {}, "parameter 'profile': 01_ok has no 'full' profile"),
     ],
 )
@@ -196,10 +203,13 @@ def test_run_chapter_writes_postprocessed_notebook(project):
     assert nb.metadata.papermill.exception is None or nb.metadata.papermill.exception is False
     tags = [c.metadata.get("tags", []) for c in nb.cells]
     i_params = next(i for i, t in enumerate(tags) if "parameters" in t)
+    assert FOLD_TAG in tags[i_params], "the parameters cell is folded on the page"
     assert "injected-parameters" in tags[i_params + 1] and "remove-cell" in tags[i_params + 1]
     assert RUN_TABLE_TAG in tags[i_params + 2] and nb.cells[i_params + 2].cell_type == "markdown"
     table = nb.cells[i_params + 2].source
     assert "Profile `smoke`" in table and "git `" in table and "runtime" in table and "device cpu" in table
+    assert table.startswith(":::{admonition} Run parameters.") and ":class: dropdown" in table, "a folded dropdown"
+    assert nb.metadata.mlmc["profile"] == "smoke" and nb.metadata.mlmc["runtime_s"] > 0
     assert "| `n` | **`1`** | `3` | number of items |" in table
     assert "| `seed` | **`7`** | `0` | random seed |" in table
     assert "| `lr` | `0.1` | `0.1` | learning rate |" in table
@@ -219,11 +229,128 @@ def test_failing_notebook_is_not_written(project):
     assert sorted(p.name for p in out.iterdir()) == ["02_broken.md"]
 
 
-def test_value_checked_inside_notebook_names_the_parameter(project):
+def test_value_checked_inside_notebook_is_one_line_naming_cell_and_fix(project):
     out = project / "out"
-    with pytest.raises(ChapterFailed, match=r"ValueError: parameter 'n' must be > 0, got -1"):
+    with pytest.raises(ChapterFailed) as exc:
         run_chapter("03", overrides={"n": -1}, notebooks_dir=project / "notebooks", out_dir=out)
+    message = str(exc.value)
+    assert exc.value.user_error and "\n" not in message and "Traceback" not in message
+    assert message == (
+        "03_checked: cell 3 ('from mlmc.errors import check_positive'): parameter 'n' must be > 0, got -1; "
+        "fix: rerun with -p n=<allowed value>"
+    )
     assert not (out / "03_checked.ipynb").exists()
+
+
+def test_unexpected_error_keeps_its_traceback(project):
+    with pytest.raises(ChapterFailed) as exc:
+        run_chapter("02", notebooks_dir=project / "notebooks", out_dir=project / "out")
+    message = str(exc.value)
+    assert not exc.value.user_error and '02_broken failed in cell 3 ("raise ValueError(' in message
+    assert "Traceback" in message or "----> 1 raise ValueError" in message, message
+
+
+def test_offline_model_error_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    cell = "from mlmc.models import load\nload('nobody/no-such-model', 'mlm')"
+    write_notebook(tmp_path / "notebooks", "05_hub", [cell])
+    with pytest.raises(ChapterFailed) as exc:
+        run_chapter("05", notebooks_dir=tmp_path / "notebooks", out_dir=tmp_path / "out")
+    message = str(exc.value)
+    assert exc.value.user_error and "\n" not in message and "Traceback" not in message
+    assert message.startswith("05_hub: cell 3 ('from mlmc.models import load'): model 'nobody/no-such-model' is")
+    assert "HF_HUB_OFFLINE" in message and "huggingface-cli download" in message
+
+
+def test_cli_prints_one_mlmc_line_for_a_user_error(project, capsys):
+    args = ["run", "03", "-p", "n=-1", "--notebooks", str(project / "notebooks"), "--out", str(project / "out")]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mlmc: 03_checked: cell 3 ") and "must be > 0" in err[0]
+
+
+# ---- clean failures: nothing left behind, every process stopped ------------------------------------------------
+
+LEAKY_PARAMS = PARAMS + 'pid_file: str = ""  # where the notebook writes the pids it starts\n'
+LEAKY_PARAMS += "sleep_s: float = 0.0  # seconds to sleep after starting the workers\n"
+LEAKY_CELLS = [
+    # a results folder that is never finished, pool workers, multiprocessing's resource tracker and a child that
+    # outlives a clean kernel shutdown (as busy workers did in issue 7)
+    "from mlmc.book import start_run\nrun = start_run('06_leaky', params={'seed': seed})\n"
+    "run.save_table('t', __import__('pandas').DataFrame({'a': [1]}))",
+    "import json, multiprocessing, os, time\nfrom multiprocessing import resource_tracker\n"
+    "pool = multiprocessing.get_context('fork').Pool(2)\nresource_tracker.ensure_running()\n"
+    "stray = __import__('subprocess').Popen(['sleep', '600'])\n"
+    "pids = [p.pid for p in pool._pool] + [resource_tracker._resource_tracker._pid, os.getpid(), stray.pid]\n"
+    "open(pid_file, 'w').write(json.dumps(pids))\ntime.sleep(sleep_s)",
+    "raise RuntimeError('planted failure after starting workers')",
+]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")  # a zombie has exited; only its parent's reaping is left
+
+
+def _assert_all_stopped(pids: list[int], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [p for p in pids if _alive(p)], "processes started by the chapter outlived the run"
+
+
+def _leftovers(results: Path, out: Path) -> list[str]:
+    hidden = [str(p) for p in results.glob("06_leaky/.*")]
+    return hidden + [p.name for p in out.glob("*")] if out.exists() else hidden
+
+
+@pytest.fixture
+def leaky(tmp_path: Path) -> Path:
+    write_notebook(tmp_path / "notebooks", "06_leaky", LEAKY_CELLS, params=LEAKY_PARAMS)
+    return tmp_path
+
+
+def test_failed_run_stops_its_processes_and_leaves_no_results(leaky, _results_in_tmp):
+    pid_file, out = leaky / "pids.json", leaky / "out"
+    with pytest.raises(ChapterFailed, match="planted failure after starting workers"):
+        run_chapter("06", overrides={"pid_file": str(pid_file)}, notebooks_dir=leaky / "notebooks", out_dir=out)
+    pids = json.loads(pid_file.read_text())
+    assert len(pids) == 5
+    _assert_all_stopped(pids)
+    assert _leftovers(_results_in_tmp, out) == [], "a failed run must leave no temp folder and no notebook"
+
+
+def test_finished_results_carry_no_run_tag(project, _results_in_tmp):
+    cell = "from mlmc.book import start_run\nwith start_run('01_ok', params={'seed': seed, 'n': n}) as run:\n    pass"
+    write_notebook(project / "notebooks", "01_ok", [cell])
+    run_chapter("01", notebooks_dir=project / "notebooks", out_dir=project / "out")
+    folders = list((_results_in_tmp / "01_ok").iterdir())
+    assert folders and all(not f.name.startswith(".") for f in folders)
+    assert not list((_results_in_tmp / "01_ok").glob(f"*/{RUN_TAG_FILE}"))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupted_run_stops_every_process(leaky, sig, tmp_path):
+    pid_file, out, results = leaky / "pids.json", leaky / "out", tmp_path / "results"
+    cmd = [sys.executable, "-m", "mlmc.cli", "run", "06", "--notebooks", str(leaky / "notebooks"), "--out", str(out)]
+    cmd += ["-p", f"pid_file={pid_file}", "-p", "sleep_s=120"]
+    env = {**os.environ, "MLMC_RESULTS": str(results)}
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not pid_file.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert pid_file.exists(), f"the notebook never started its workers: {proc.stderr.read() if proc.poll() else ''}"
+    time.sleep(0.5)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1].startswith("mlmc: interrupted"), err
+    _assert_all_stopped(json.loads(pid_file.read_text()))
+    assert _leftovers(results, out) == []
 
 
 # ---- CLI -------------------------------------------------------------------------------------------------------

@@ -1,12 +1,13 @@
 """The ``mlmc`` command: run chapters, build the book, list chapters (see ``book/reproducing.md``).
 
-``mlmc run NN|NN_slug|all [--profile default|smoke|full] [-p key=value ...] [--out DIR]``, ``mlmc build [--out DIR]``,
-``mlmc list``.
+``mlmc run NN|NN_slug|all [--profile default|smoke|full|gpu] [-p key=value ...] [--out DIR]``,
+``mlmc build [--out DIR] [--edition instructor|student] [--smoke-dir DIR]``, ``mlmc gpu-check [NN ...]``, ``mlmc list``.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
@@ -21,8 +22,11 @@ from mlmc.book import (
     project_root,
     run_chapter,
 )
+from mlmc.book.build import EDITIONS
+from mlmc.book.gpucheck import ATOL, BUDGET_S, RTOL, NoGPU, gpu_check
 from mlmc.book.params import parse_overrides, resolve
 from mlmc.book.project import toc_files
+from mlmc.errors import check_device
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,6 +40,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--notebooks", type=Path, help="folder of chapter sources (default: notebooks)")
     build = sub.add_parser("build", help="build the HTML book (-W -n) from the executed chapters")
     build.add_argument("--out", type=Path, help="output root; the HTML goes to OUT/_build/html (default: project)")
+    build.add_argument(
+        "--edition", default="instructor", choices=EDITIONS, help="student: without solution cells, _build/student/html"
+    )
+    build.add_argument("--smoke-dir", type=Path, help="smoke-run notebooks whose runtimes the runs page shows")
+    gpu = sub.add_parser(
+        "gpu-check", help="every chapter's smoke path on cuda vs the CPU smoke run (book/device_checks.json)"
+    )
+    gpu.add_argument("chapters", nargs="*", help="chapter numbers or slugs (default: every chapter with a gpu profile)")
+    gpu.add_argument("--device", default="cuda", help="CUDA device (default: cuda)")
+    gpu.add_argument("--jobs", type=int, default=4, help="CPU smoke runs at a time (default: 4)")
     sub.add_parser("list", help="list chapters and whether each is executed or still a placeholder")
     return parser
 
@@ -49,14 +63,29 @@ def _run(args: argparse.Namespace) -> int:
             return 0
     else:
         notebooks = [find_notebook(args.chapter, args.notebooks)]
-    for nb in notebooks:  # check every chapter's parameters before running any of them
-        resolve(nb, args.profile, overrides)
+    for nb in notebooks:  # check every chapter's parameters, the device included, before running any of them
+        values, _ = resolve(nb, args.profile, overrides)
+        check_device("device", values["device"])
     for nb in notebooks:
         start = time.perf_counter()
         print(f"[{nb.stem}] running with the {args.profile} profile ...", flush=True)
         out = run_chapter(nb, args.profile, overrides, out_dir=args.out, progress=sys.stderr.isatty())
         print(f"[{nb.stem}] done in {time.perf_counter() - start:.1f} s -> {out}", flush=True)
     return 0
+
+
+def _gpu_check(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    results = gpu_check(args.chapters, device=args.device, jobs=args.jobs)
+    for r in results:
+        status = "ok  " if r.passed else "FAIL"
+        print(f"{status} {r.chapter:<22} cpu {r.cpu_s} s, gpu {r.gpu_s} s, largest excess {r.max_diff}: {r.note}")
+    took = time.perf_counter() - start
+    passed = sum(r.passed for r in results)
+    print(f"gpu-check: {passed} of {len(results)} chapters agree within rtol {RTOL}, atol {ATOL} in {took:.0f} s")
+    if took > BUDGET_S:
+        print(f"mlmc: gpu-check took {took:.0f} s, over its {BUDGET_S} s budget", file=sys.stderr)
+    return 0 if passed == len(results) and took <= BUDGET_S else 1
 
 
 def _list() -> int:
@@ -75,23 +104,36 @@ def _list() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``mlmc`` console script; returns 2 for bad parameters and 1 for failed runs or builds."""
+    """Entry point of the ``mlmc`` console script; returns 2 for bad parameters (checked before the run or raised by
+    the chapter's checks), 1 for failed runs or builds, 130 when interrupted. Errors are one ``mlmc:`` line except for
+    an unexpected failure inside a chapter, which shows the end of its traceback."""
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "gpu-check":
+            return _gpu_check(args)
         if args.command == "build":
             start = time.perf_counter()
-            html = build_book(out_dir=args.out)
+            html = build_book(out_dir=args.out, edition=args.edition, smoke_dir=args.smoke_dir)
             print(f"built {html / 'index.html'} in {time.perf_counter() - start:.1f} s")
             return 0
         return _list()
     except ValueError as err:
         print(f"mlmc: error: {err}", file=sys.stderr)
         return 2
-    except (ChapterFailed, BookBuildFailed) as err:
+    except ChapterFailed as err:
+        print(f"mlmc: {err}", file=sys.stderr)
+        return 2 if err.user_error else 1
+    except (BookBuildFailed, NoGPU) as err:
         print(f"mlmc: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as err:
+        # the interrupted cell's asyncio task is abandoned; do not let its "never retrieved" report follow this line
+        logging.getLogger("asyncio").disabled = True
+        why = f" ({err})" if str(err) else ""
+        print(f"mlmc: interrupted{why}; the chapter's processes were stopped and nothing was written", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

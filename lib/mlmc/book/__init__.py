@@ -13,7 +13,10 @@ Conventions every chapter follows (also in ``book/reproducing.md``; ``tests/test
 - The first code cell after the parameters validates values with ``mlmc.errors`` before any compute.
 - ``mlmc run NN [--profile default|smoke|full] [-p key=value ...]`` executes the notebook into
   ``book/chapters/NN_slug.ipynb`` (committed with outputs; rendered by the book; re-executed by nbval), hides the
-  injected-parameters cell and inserts a run-parameters table. A failing notebook is never written there.
+  injected-parameters cell, folds the parameters cell and inserts a folded run-parameters table. A failing notebook is
+  never written there; a user error is one ``mlmc:`` line, and the kernel's whole process group is stopped.
+- ``notebooks/params/gpu/NN_slug.yaml`` (optional): the ``gpu`` profile, the smoke profile plus ``device: cuda``;
+  ``mlmc gpu-check`` compares it with the CPU smoke run.
 - Inside the notebook, results go through ``run = mlmc.book.start_run("NN_slug", params={...})``,
   ``run.save_table(...)``, ``run.save_figure(...)``, ``run.finish()`` into ``results/NN_slug/<profile>-<hash>/``.
 """

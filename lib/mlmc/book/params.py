@@ -21,7 +21,10 @@ import yaml
 
 from mlmc.errors import check_choice
 
-PROFILES = ("default", "smoke", "full")
+PROFILES = ("default", "smoke", "full", "gpu")
+# A profile file may build on another: the gpu profile is the smoke profile plus notebooks/params/gpu/NN_slug.yaml
+# (at least `device: cuda`; also a chapter's half-precision switch where it has one).
+BASE_PROFILE = {"gpu": "smoke"}
 REQUIRED = {"seed": "int", "device": "str", "profile": "str"}
 _TYPE_NAMES = {
     "int": int,
@@ -169,17 +172,19 @@ def profile_path(notebook: str | Path, profile: str) -> Path:
 
 
 def load_profile(notebook: str | Path, profile: str) -> dict[str, Any]:
-    """Values that ``profile`` changes for ``notebook`` (empty for ``default``); a missing profile file is an error."""
+    """Values that ``profile`` changes for ``notebook`` (empty for ``default``; ``gpu`` starts from ``smoke``); a
+    missing profile file is an error."""
     check_choice("profile", profile, PROFILES)
     if profile == "default":
         return {}
+    base = load_profile(notebook, BASE_PROFILE[profile]) if profile in BASE_PROFILE else {}
     path = profile_path(notebook, profile)
     if not path.exists():
         raise ValueError(f"parameter 'profile': {Path(notebook).stem} has no {profile!r} profile (expected {path})")
     values = yaml.safe_load(path.read_text()) or {}
     if not isinstance(values, dict):
         raise ValueError(f"profile file {path} must hold a mapping of parameter names to values")
-    return values
+    return {**base, **values}
 
 
 def resolve(

@@ -2,7 +2,8 @@
 
 Every chapter calls ``run = start_run("NN_slug", params={...})`` inside its notebook, saves tidy tables and figures,
 and ends with ``run.finish()``. The folder appears atomically on ``finish()``; until then files go to a hidden temp
-folder beside it, and a failed run leaves nothing behind. The run id is ``<profile>-<hash of params>``, so the same
+folder beside it, and a failed run leaves nothing behind (an exception deletes it; when the kernel itself is stopped,
+``mlmc run`` deletes the temp folders that carry its run tag). The run id is ``<profile>-<hash of params>``, so the same
 parameters give the same folder and, on the same machine kind, byte-identical CSV files.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,8 @@ from mlmc.utils import atomic_dir, stable_hash
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 FLOAT_FORMAT = "%.8g"
+RUN_TAG_ENV = "MLMC_RUN_TAG"  # set by the runner for the kernel: unfinished runs carrying it are deleted after it
+RUN_TAG_FILE = ".mlmc-run-tag"
 
 
 def _plain(value: Any) -> Any:
@@ -54,6 +58,9 @@ class Run:
         self._stack = contextlib.ExitStack()
         self.dir = self._stack.enter_context(atomic_dir(self.path))
         self.finished = False
+        tag = os.environ.get(RUN_TAG_ENV)
+        if tag:
+            (self.dir / RUN_TAG_FILE).write_text(tag)
         (self.dir / "params.yaml").write_text(yaml.safe_dump(self.params, sort_keys=True, allow_unicode=True))
         env = environment(self.params)
         (self.dir / "env.json").write_text(json.dumps(env, indent=2, sort_keys=True) + "\n")
@@ -78,6 +85,7 @@ class Run:
         """Move the run into place (replacing an earlier run with the same id) and return its folder."""
         if not self.finished:
             self.finished = True
+            (self.dir / RUN_TAG_FILE).unlink(missing_ok=True)
             self._stack.close()
         return self.path
 
