@@ -18,6 +18,12 @@ Each CSV file in this folder is one table, loaded with ``load(name)``. Sources:
 - ``ch4_thesis``: the other numbers of thesis chapter 4 in long format: Table 4.1 (mean LAS and best-system share),
   Table 4.3 (unseen and rare labels), Table 4.4 (training-language LAS and heads switched off), Table 4.5 (selection
   vs protection) and Table 4.6 (gradient conflicts). Used by chapter 02.
+- ``ch5_thesis``: the numbers of thesis chapter 5 (Choenni, Shutova & Garrette, Findings of NAACL 2024) in long
+  format (``table, task, lang, metric, value, source``): binary dev accuracy of full fine-tuning (§5.3), Table C.1
+  (heads switched off per language), the in-language changes of Figs. 5.2-5.3 as stated in the text, Table C.2
+  (subnetwork accuracy, FT + mask vs SFT + mask), the random-mask SFT numbers of §5.6.1, and the signs of the
+  correlations and comparisons of §5.7 (-1 negative, +1 positive, where the thesis gives no number). Used by
+  chapter 03.
 """
 
 from __future__ import annotations
