@@ -26,8 +26,15 @@ from mlmc.heads import HeadGate, head_param_slices
 from mlmc.world import World
 
 torch.set_num_threads(1)
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=60,
-            max_position_embeddings=40, pad_token_id=1)  # fmt: skip
+TINY = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    vocab_size=60,
+    max_position_embeddings=40,
+    pad_token_id=1,
+)
 D_H = 8
 
 
@@ -108,7 +115,7 @@ def test_shares_rows_sum_to_100_and_a_language_ranked_first_gives_a_full_diagona
     plus = md.shares(scores, train_lang, langs, 5, 1)
     minus = md.shares(scores, train_lang, langs, 5, -1)
     np.testing.assert_allclose(plus.sum(1), 100, atol=1e-9)
-    assert ((0 <= minus) & (minus <= 100)).all()
+    assert ((minus >= 0) & (minus <= 100)).all()
     table_ = md.share_table(plus, test_lang, langs)
     np.testing.assert_allclose(np.diag(table_.to_numpy()), 100)
     assert np.all(np.diag(md.share_table(minus, test_lang, langs).to_numpy()) == 0)
@@ -142,8 +149,16 @@ def tiny_source(tmp_path_factory) -> tuple[str, PreTrainedTokenizerFast]:
     vocab = {t: i for i, t in enumerate(["<s>", "<pad>", "</s>", "<unk>", "<mask>"] + [f"w{i}" for i in range(55)])}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                   unk_token="<unk>", mask_token="<mask>", cls_token="<s>", sep_token="</s>")  # fmt: skip
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        mask_token="<mask>",
+        cls_token="<s>",
+        sep_token="</s>",
+    )
     classifier().save_pretrained(root)
     fast.save_pretrained(root)
     return str(root), fast
@@ -151,8 +166,18 @@ def tiny_source(tmp_path_factory) -> tuple[str, PreTrainedTokenizerFast]:
 
 def sentences(langs: list[str], n: int) -> Dataset:
     rng = np.random.default_rng(0)
-    rows = [{"uid": f"{x}:{i}", "lang": x, "cid": str(i), "text_a": " ".join(f"w{j}" for j in rng.integers(0, 55, 6)),
-             "text_b": "", "label": int(i % 2)} for x in langs for i in range(n)]  # fmt: skip
+    rows = [
+        {
+            "uid": f"{x}:{i}",
+            "lang": x,
+            "cid": str(i),
+            "text_a": " ".join(f"w{j}" for j in rng.integers(0, 55, 6)),
+            "text_b": "",
+            "label": int(i % 2),
+        }
+        for x in langs
+        for i in range(n)
+    ]
     return Dataset.from_list(rows)
 
 
@@ -162,8 +187,21 @@ def test_sparse_finetune_keeps_switched_off_heads_fixed(tmp_path, tiny_source, m
     masks = {"x": mask_off(0, 1), "y": mask_off(0, 1)}  # head (0, 1) off for every language
     masks["y"][1, 0] = 0  # head (1, 0) on only for x
     before = influence.load_checkpoint(source)
-    paths = md.sparse_finetune(source, tok, sentences(["x", "y"], 16), masks, tmp_path / mode, lr=1e-2, epochs=2,
-                               batch_size=4, seed=0, weight_decay=0.01, max_length=16, device="cpu", mode=mode)  # fmt: skip
+    paths = md.sparse_finetune(
+        source,
+        tok,
+        sentences(["x", "y"], 16),
+        masks,
+        tmp_path / mode,
+        lr=1e-2,
+        epochs=2,
+        batch_size=4,
+        seed=0,
+        weight_decay=0.01,
+        max_length=16,
+        device="cpu",
+        mode=mode,
+    )
     assert [p.name for p in paths] == ["epoch-1", "epoch-2"]
     after = influence.load_checkpoint(paths[-1])
     b, a = dict(before.named_parameters()), dict(after.named_parameters())
@@ -171,15 +209,28 @@ def test_sparse_finetune_keeps_switched_off_heads_fixed(tmp_path, tiny_source, m
     for name, dim, part in slices[(0, 1)]:
         if mode == "strict":
             assert torch.equal(b[name].narrow(dim, part.start, D_H), a[name].narrow(dim, part.start, D_H)), name
-    moved_off = any(not torch.equal(b[n].narrow(d, p.start, D_H), a[n].narrow(d, p.start, D_H))
-                    for n, d, p in slices[(0, 1)])  # fmt: skip
+    moved_off = any(
+        not torch.equal(b[n].narrow(d, p.start, D_H), a[n].narrow(d, p.start, D_H)) for n, d, p in slices[(0, 1)]
+    )
     assert moved_off == (mode == "grad")  # AdamW momentum / weight decay move masked weights under "grad"
     for name, dim, part in slices[(1, 0)]:  # on for x only: trained by x's batches
         assert not torch.equal(b[name].narrow(dim, part.start, D_H), a[name].narrow(dim, part.start, D_H))
     assert not torch.equal(b["classifier.out_proj.weight"], a["classifier.out_proj.weight"])  # shared: trained
-    again = md.sparse_finetune(source, tok, sentences(["x", "y"], 16), masks, tmp_path / f"{mode}-2", lr=1e-2,
-                               epochs=2, batch_size=4, seed=0, weight_decay=0.01, max_length=16, device="cpu",
-                               mode=mode)  # fmt: skip
+    again = md.sparse_finetune(
+        source,
+        tok,
+        sentences(["x", "y"], 16),
+        masks,
+        tmp_path / f"{mode}-2",
+        lr=1e-2,
+        epochs=2,
+        batch_size=4,
+        seed=0,
+        weight_decay=0.01,
+        max_length=16,
+        device="cpu",
+        mode=mode,
+    )
     c = dict(influence.load_checkpoint(again[-1]).named_parameters())
     assert all(torch.equal(a[k], c[k]) for k in a)  # same seed, same weights
 
@@ -198,8 +249,10 @@ def test_random_masks_keep_the_sparsity_and_pair_table_counts():
     assert row["shared on"] == 7 and row["shared off"] == 0
     assert row["mask cosine"] == pytest.approx(7 / np.sqrt(8 * 7))
     assert pt.set_index("pair").loc["b-c", "mask cosine"] == 0
-    lay = md.layer_correlations({"a": a, "b": b, "c": mask_off(1, 0)},
-                                pd.DataFrame(np.arange(9.0).reshape(3, 3), index=list("abc"), columns=list("abc")))
+    lay = md.layer_correlations(
+        {"a": a, "b": b, "c": mask_off(1, 0)},
+        pd.DataFrame(np.arange(9.0).reshape(3, 3), index=list("abc"), columns=list("abc")),
+    )
     assert list(lay.layer) == [0, 1] and lay.pairs.tolist() == [6, 6]
 
 
@@ -239,21 +292,51 @@ def test_checks_pass_on_planted_signal_fail_on_their_control_and_are_jitter_stab
 
 def test_asserted_claims_are_claims_the_chapter_makes():
     claims = {md.overlap_check([1, 2, 3], [1, 2, 3], s).claim for s in md.MASK_SOURCES}
-    claims |= {md.specialisation_check([1.0], [1.0], n).claim for n in
-               ["random masks of the same sparsity", "other languages' masks"]}  # fmt: skip
+    claims |= {
+        md.specialisation_check([1.0], [1.0], n).claim
+        for n in ["random masks of the same sparsity", "other languages' masks"]
+    }
     claims.add(md.sft_accuracy_check([1.0, 2.0], [1.0, 2.0]).claim)
-    assert md.ASSERTED <= claims
+    assert claims >= md.ASSERTED
 
 
 # ------------------------------------------------------------------------------------------------ params
 def params(**over) -> dict:
-    p = dict(seed=0, seeds=[0], device="cpu", model_name="tiny-xlmr", task="sentiment", data_source=None,
-             langs=["de", "en", "es", "fr", "ko"], n_train_per_lang=30, n_trace_per_lang=10, n_dev_per_lang=10,
-             n_test_pool_per_lang=10, n_test_per_lang=3, epochs=1, trace_every=1, mono_epochs=1, lr=1e-3,
-             sft_lr=1e-3, batch_size=8, max_length=32, weight_decay=0.01, mask_source="monolingual",
-             prune_step=0.1, prune_threshold=0.95, n_imp_batches=1, n_random_masks=5, random_sparsity=None,
-             other_masks=None, compose_pairs=[["es", "fr"]], top_m=5, proj_dim=64, grad_params="all",
-             trace_batch_size=64, sft_mask_mode="strict")  # fmt: skip
+    p = dict(
+        seed=0,
+        seeds=[0],
+        device="cpu",
+        model_name="tiny-xlmr",
+        task="sentiment",
+        data_source=None,
+        langs=["de", "en", "es", "fr", "ko"],
+        n_train_per_lang=30,
+        n_trace_per_lang=10,
+        n_dev_per_lang=10,
+        n_test_pool_per_lang=10,
+        n_test_per_lang=3,
+        epochs=1,
+        trace_every=1,
+        mono_epochs=1,
+        lr=1e-3,
+        sft_lr=1e-3,
+        batch_size=8,
+        max_length=32,
+        weight_decay=0.01,
+        mask_source="monolingual",
+        prune_step=0.1,
+        prune_threshold=0.95,
+        n_imp_batches=1,
+        n_random_masks=5,
+        random_sparsity=None,
+        other_masks=None,
+        compose_pairs=[["es", "fr"]],
+        top_m=5,
+        proj_dim=64,
+        grad_params="all",
+        trace_batch_size=64,
+        sft_mask_mode="strict",
+    )
     p.update(over)
     return p
 
@@ -301,9 +384,14 @@ def test_params_ok_and_derived_sizes():
 def test_load_data_reads_real_format_files_like_the_world(tmp_path):
     root = tmp_path / "x-final"
     for lang in ("de", "en"):
-        for split, name in (("train", "train.tsv" if lang == "en" else "translated_train.tsv"),
-                            ("dev", "dev_2k.tsv"), ("test", "test_2k.tsv")):  # fmt: skip
-            lines = ["id\tsentence1\tsentence2\tlabel"] + [f"{i}\t{lang} a {i}\t{lang} b {i}\t{i % 2}" for i in range(20)]
+        for _split, name in (
+            ("train", "train.tsv" if lang == "en" else "translated_train.tsv"),
+            ("dev", "dev_2k.tsv"),
+            ("test", "test_2k.tsv"),
+        ):
+            lines = ["id\tsentence1\tsentence2\tlabel"] + [
+                f"{i}\t{lang} a {i}\t{lang} b {i}\t{i % 2}" for i in range(20)
+            ]
             (root / lang).mkdir(parents=True, exist_ok=True)
             (root / lang / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
     data = md.load_data("paraphrase", ["de", "en"], 8, 4, 5, 3, seed=0, source=str(root))
@@ -312,8 +400,9 @@ def test_load_data_reads_real_format_files_like_the_world(tmp_path):
         assert getattr(data, split).column_names == getattr(world, split).column_names
     assert len(data.train) == 16 and len(data.trace) == 6 and data.trace["lang"] == ["de"] * 3 + ["en"] * 3
     assert set(data.of("train", "de")["cid"]) == set(data.of("train", "en")["cid"])  # parallel
-    enc = md.encode(PreTrainedTokenizerFast.from_pretrained(str(Path(md.model_source("tiny-xlmr", World(0))))),
-                    data.trace, 16)
+    enc = md.encode(
+        PreTrainedTokenizerFast.from_pretrained(str(Path(md.model_source("tiny-xlmr", World(0))))), data.trace, 16
+    )
     assert len(enc["input_ids"]) == 6 and enc["label"] == [int(v) for v in data.trace["label"]]
 
 
@@ -355,3 +444,19 @@ def test_bad_parameters_fail_in_the_setup_cell_and_write_nothing(tmp_path, resul
     assert time.perf_counter() - start < 60
     assert not (tmp_path / "out" / "03_modularity.ipynb").exists()
     assert not results.exists() or not any(results.rglob("*.csv"))
+
+
+def test_thesis_table_c2_means_match_the_printed_means():
+    from mlmc import reference
+
+    ref = reference.load("ch5_thesis")
+    c2 = ref[ref.table == "C.2"]
+    for task in ("PAWS-X", "MARC"):
+        for metric in ("acc_ft_mask", "acc_sft_mask"):
+            rows = c2[(c2.task == task) & (c2.metric == metric)]
+            per_lang = rows[rows.lang != "mean"].value
+            assert len(per_lang) == 5
+            assert per_lang.mean() == pytest.approx(float(rows[rows.lang == "mean"].value.iloc[0]), abs=0.01)
+    c1 = ref[ref.table == "C.1"]
+    assert (c1.value % 14 == 0).all() and len(c1) == 15  # 10% of 144 heads per pruning round
+    assert ref.source.str.contains("Choenni").all()
