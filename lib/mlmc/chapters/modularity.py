@@ -731,6 +731,8 @@ def trace_conditions(
         jobs.append((("random SFT", "its mask", x), rsft, rows[x], run.random_sft_masks[x]))
     for a, b in p["compose_pairs"]:
         both = rows[a] + rows[b]
+        if not both:
+            continue
         for op in COMPOSE_OPS:
             mask = compose(run.masks[a], run.masks[b], op)
             jobs.append((("SFT", f"{a} {'∩' if op == 'and' else '∪'} {b}", f"{a}+{b}"), sft, both, mask))
