@@ -442,8 +442,8 @@ def test_bad_parameters_fail_in_the_setup_cell_and_write_nothing(tmp_path, resul
     start = time.perf_counter()
     with pytest.raises(ChapterFailed, match=match) as info:
         run_chapter("03", profile="smoke", overrides=overrides, out_dir=tmp_path / "out")
-    assert "check_params" in str(info.value)
-    assert time.perf_counter() - start < 60
+    assert "check_params" in str(info.value)  # raised by the validation in the setup cell, before any training
+    assert time.perf_counter() - start < 120  # kernel start-up only (seconds on an idle machine)
     assert not (tmp_path / "out" / "03_modularity.ipynb").exists()
     assert not results.exists() or not any(results.rglob("*.csv"))
 
@@ -462,3 +462,32 @@ def test_thesis_table_c2_means_match_the_printed_means():
     c1 = ref[ref.table == "C.1"]
     assert (c1.value % 14 == 0).all() and len(c1) == 15  # 10% of 144 heads per pruning round
     assert ref.source.str.contains("Choenni").all()
+
+
+def test_traced_items_are_correct_under_every_compared_model_and_mask(monkeypatch):
+    pool = sentences(["x", "y"], 5)
+    data = md.TaskData(pool, pool, pool, pool)
+    masks = {"x": mask_off(0, 0), "y": mask_off(1, 1)}
+    run = md.SeedRun(0, [Path("ft")], pd.DataFrame(), {}, masks, masks, [Path("sft")], [], pd.DataFrame())
+    monkeypatch.setattr(
+        md.influence, "load_checkpoint", lambda path: type("M", (), {"name": str(path), "to": lambda self, d: self})()
+    )
+    right = {  # per (model, mask language or None): which of the 5 rows of each language are correct
+        ("ft", None): [1, 1, 1, 0, 1],
+        ("ft", "mask"): [1, 0, 1, 1, 1],
+        ("sft", "mask"): [1, 1, 0, 1, 1],
+    }
+
+    def fake_correct(model, tokenizer, ds, mask, max_length, batch_size=64):
+        return np.array(right[(model.name, None if mask is None else "mask")], dtype=bool)
+
+    monkeypatch.setattr(md, "correct", fake_correct)
+    picked = md.pick_tests(run, data, None, n=5, max_length=8, device="cpu")
+    assert picked["uid"] == ["x:0", "x:4", "y:0", "y:4"]
+    assert md.pick_tests(run, data, None, n=1, max_length=8, device="cpu")["uid"] == ["x:0", "y:0"]
+
+
+def test_traced_epochs_count_back_from_the_last():
+    assert (
+        md.traced_epochs(4, 2) == [2, 4] and md.traced_epochs(5, 2) == [1, 3, 5] and md.traced_epochs(3, 1) == [1, 2, 3]
+    )
