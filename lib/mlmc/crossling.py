@@ -95,6 +95,17 @@ def language_shares(idx: Any, train_lang: Any, test_lang: Any, langs: Sequence[s
     return pd.DataFrame(table, index=pd.Index(rows, name="test"), columns=pd.Index(order, name="train"))
 
 
+def item_shares(idx: Any, train_lang: Any, langs: Sequence[str] | None = None) -> np.ndarray:
+    """Per test example, % of its top-k training examples in each language, ``[n_test, n_langs]`` (rows sum to
+    100; columns in the order of ``langs``). The per-item form of :func:`language_shares`, e.g. for bootstrap
+    intervals over test items (chapter 03)."""
+    train_l = _labels(train_lang, "train_lang")
+    order = _langs(train_l, np.asarray([], dtype=object), langs, allow_empty=True)
+    arr = np.asarray(idx.cpu() if isinstance(idx, torch.Tensor) else idx)
+    top_lang = train_l[_index(arr, len(arr), len(train_l))]
+    return np.stack([100.0 * (top_lang == b).mean(axis=1) for b in order], axis=1)
+
+
 def data_share(train_lang: Any, langs: Sequence[str] | None = None) -> pd.Series:
     """% of the training set in each language: the reference line of C± (20% each for 5 balanced languages;
     0 for a listed language without training rows, e.g. the held-out one of a zero-shot run)."""

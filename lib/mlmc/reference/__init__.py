@@ -27,6 +27,12 @@ Each CSV file in this folder is one table, loaded with ``load(name)``. Sources:
   categories and the 5 query templates of thesis App. D, spelled as in the released dataset
   (RochelleChoenni/stereotypes_in_lms, MIT). Content warning: the sexuality list holds slurs the data was collected
   with.
+- ``ch5_thesis``: the numbers of thesis chapter 5 (Choenni, Shutova & Garrette, Findings of NAACL 2024) in long
+  format (``table, task, lang, metric, value, source``): binary dev accuracy of full fine-tuning (§5.3), Table C.1
+  (heads switched off per language), the in-language changes of Figs. 5.2-5.3 as stated in the text, Table C.2
+  (subnetwork accuracy, FT + mask vs SFT + mask), the random-mask SFT numbers of §5.6.1, and the signs of the
+  correlations and comparisons of §5.7 (-1 negative, +1 positive, where the thesis gives no number). Used by
+  chapter 03.
 """
 
 from __future__ import annotations
