@@ -49,9 +49,10 @@ def value_loadings(p_table: pd.DataFrame, dims: int = 2) -> pd.DataFrame:
 def language_prior(
     langs: Sequence[str], anchor: str, home_share: float = HOME_SHARE, anchor_share: float = ANCHOR_SHARE
 ) -> pd.DataFrame:
-    """``pi_L(c)``: rows = document language, columns = country (one per language). A document in ``L`` comes from
-    ``L``'s own culture with ``home_share``, from the ``anchor`` (English-speaking) culture with ``anchor_share``
-    and from the others uniformly; in the anchor's own language its two shares add up."""
+    """``pi_L(c)``: rows = document language, columns = country (one per language), rows summing to one:
+    ``pi_L(c) ∝ rest + home_share [c = L] + anchor_share [c = anchor]`` with ``rest = (1 - home_share -
+    anchor_share) / (n - 1)`` for every culture. A document in ``L`` thus mostly comes from ``L``'s own culture and
+    from the ``anchor`` (English-speaking) culture, and sometimes from any other."""
     langs = list(langs)
     check_choice("anchor", anchor, langs)
     check_range("home_share", home_share, 0.0, 1.0)

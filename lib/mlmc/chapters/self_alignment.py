@@ -37,8 +37,9 @@ def rng_for(*keys: Any) -> np.random.Generator:
     return np.random.default_rng([k if isinstance(k, int) else zlib.crc32(str(k).encode()) for k in keys])
 
 
-def check_params(p: dict[str, Any], world_langs: Sequence[str] | None) -> dict[str, Any]:
-    """Validate every parameter before any compute (device included); returns derived values."""
+def check_params(p: dict[str, Any], world_langs: Sequence[str] | None, n_items: int | None = None) -> dict[str, Any]:
+    """Validate every parameter before any compute (device included): ``world_langs`` are the world's languages
+    (None for real probes), ``n_items`` the probes per language when known (``k`` must leave the test item out)."""
     check_int("seed", p["seed"], min_value=0)
     check_device("device", p["device"])
     check_choice("data_source", p["data_source"], DATA_SOURCES)
@@ -62,6 +63,8 @@ def check_params(p: dict[str, Any], world_langs: Sequence[str] | None) -> dict[s
     check_choice("anchor", p["anchor"], langs)
     al.check_strategies(p["strategies"])
     check_int("k", p["k"], min_value=1)
+    if n_items is not None:
+        al.check_k(p["k"], n_items)
     for s in p["seeds"]:
         check_int("seeds", s, min_value=0)
     if not p["seeds"]:
@@ -313,7 +316,7 @@ def generated_deltas(
         maj = 0 if r.maj == r.opt1 else 1
         rows.append(
             dict(
-                d_gen=float(al.misalignment(np.array([p == maj for p in parsed]))),
+                d_gen=float(al.misalignment(np.array([[p == maj for p in parsed]]))[0]),
                 invalid=float(np.mean([p is None for p in parsed])),
                 example=gens[0],
             )
