@@ -436,12 +436,12 @@ class ICLRecipe:
     loss on the answer tokens only (the word after each ``A:``), on documents the caller supplies (ch. 06 writes
     persona documents whose answers share a latent culture). Any field can be overridden in :func:`icl_path`."""
 
-    layers: int = 3
+    layers: int = 2
     heads: int = 4
     hidden_size: int = 64
-    ffn: int = 256
+    ffn: int = 128
     max_length: int = 160
-    steps: int = 2500
+    steps: int = 3000
     batch_size: int = 32
     lr: float = 3e-3
     warmup_frac: float = 0.05
