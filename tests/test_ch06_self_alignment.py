@@ -24,7 +24,7 @@ LANGS = ["en", "de", "tr"]
 def setup():
     world = World(seed=0)
     items = sa.majority(sa.world_items(world, LANGS))
-    pw = sa.persona_world(world, items, "en", rho=0.8, home_share=0.4, anchor_share=0.4)
+    pw = sa.persona_world(world, items, LANGS, "en", rho=0.8, home_share=0.4, anchor_share=0.4)
     pre = sa.pretrain_icl(pw, 200, 20, 5, 6, seed=0, train=False)
     return world, items, pw, pre
 
@@ -32,6 +32,7 @@ def setup():
 def test_world_items_and_majority_strings(setup):
     _, items, _, _ = setup
     assert set(items.columns) >= {"lang", "qid", "category", "template", "opt1", "opt2", "target_p1", "maj"}
+    assert items.category.str.contains("values").any()  # WVS-7 sections, shared with chapter 05
     assert len(items) == len(LANGS) * len(VALUE_ITEMS)
     assert (items.template.str.count(r"\[MASK\]") == 1).all()
     want = np.where(items.target_p1 >= 0.5, items.opt1, items.opt2)
@@ -197,15 +198,31 @@ def test_icl_zoo_build_is_cached_and_answer_only(tmp_path, setup):
         zoo.icl_path("tiny-icl-llama", docs, cache_dir=tmp_path, stepz=2)
 
 
+def test_real_items_attach_country_targets(tmp_path):
+    probes = tmp_path / "probes" / "wvs"
+    probes.mkdir(parents=True)
+    rows = [
+        "\t0\t1\t2\t3",
+        "0\t1\tFamily is [MASK] to me.\tsehr wichtig\tunwichtig",
+        "1\t165\tGott ist [MASK].\twichtig\tunwichtig",
+        "2\t199\tPolitik ist [MASK].\tinteressant\tlangweilig",
+    ]
+    (probes / "de.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    (tmp_path / "agg.csv").write_text("country,qid,p_opt1\nDEU,Q1,0.9\nDEU,Q165,0.3\nUSA,Q199,0.6\n")
+    items = sa.majority(sa.real_items(str(tmp_path), ["de"], str(tmp_path / "agg.csv")))
+    assert list(items.qid) == ["Q1", "Q165"]  # Q199 has no German target
+    assert list(items.maj) == ["sehr wichtig", "unwichtig"]
+
+
 @pytest.mark.shared_data
-def test_real_probe_loader_on_shared_data(shared_data):
-    values = pytest.importorskip("mlmc.values", reason="mlmc.values (chapter 05) has not landed on this branch")
-    path = shared_data / "value_probing"
+def test_real_probe_loader_on_shared_data(shared_data, tmp_path):
+    path = shared_data / "value_probing" / "probes.zip"
     if not path.exists():
         pytest.skip("shared value_probing data absent")
-    df = sa.real_items(str(path), ["de"])
-    assert {"lang", "qid", "category", "template", "opt1", "opt2"} <= set(df.columns)
-    assert values is not None
+    (tmp_path / "agg.csv").write_text("country,qid,p_opt1\nDEU,Q1,0.9\nROU,Q1,0.2\n")
+    items = sa.majority(sa.real_items(str(path), ["de", "ro"], str(tmp_path / "agg.csv")))
+    assert len(items) == 2 and set(items.lang) == {"de", "ro"}
+    assert (items.template.str.count(r"\[MASK\]") == 1).all()
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import pandas as pd
 
 from mlmc import alignment as al
 from mlmc import evidence as ev
-from mlmc import personas, scoring, zoo
+from mlmc import personas, scoring, values, zoo
 from mlmc.errors import check_choice, check_device, check_int, check_positive, check_range, check_subset
 
 ORACLES = ("bayes", "bayes-country", "prior-only")
@@ -54,6 +54,8 @@ def check_params(p: dict[str, Any], world_langs: Sequence[str] | None, n_items: 
     else:
         if not p["probes_dir"]:
             raise ValueError("parameter 'probes_dir' must name the folder of the value-probing TSV files")
+        if not p["targets_csv"]:
+            raise ValueError("parameter 'targets_csv' must name the per-country WVS aggregate table (human targets)")
         langs = list(p["langs"])
         bad = [m for m in p["models"] if m in (*ORACLES, *ZOO_MODELS)]
         if bad:
@@ -80,47 +82,44 @@ def check_params(p: dict[str, Any], world_langs: Sequence[str] | None, n_items: 
 
 
 # --- items and targets ----------------------------------------------------------------------------------------------
-def world_items(world, langs: Sequence[str]) -> pd.DataFrame:
-    """The world's value probes in ``langs``: lang, qid, category, template (one ``[MASK]``), opt1, opt2 and
-    target_p1, the planted p(option 1) of the language's culture (``World.value_truth``)."""
-    vt = world.value_truth(list(langs))
-    return pd.DataFrame(
-        dict(
-            lang=vt.lang,
-            qid=vt.qid,
-            category=vt.category,
-            template=[world.cloze(lang, s, al.MASK, det=None) for lang, s in zip(vt.lang, vt.subject, strict=True)],
-            opt1=[world.word(lang, o) for lang, o in zip(vt.lang, vt.opt1, strict=True)],
-            opt2=[world.word(lang, o) for lang, o in zip(vt.lang, vt.opt2, strict=True)],
-            target_p1=vt.p_opt1,
-        )
-    )
-
-
 def majority(items: pd.DataFrame) -> pd.DataFrame:
-    """Per (lang, qid): the majority answer as an option *string*, its index (1|2) and whether it is a near tie."""
+    """Per (lang, qid): the majority answer (``mlmc.values.majority_targets``) as an option *string* (``maj``), its
+    index (``maj_idx``, 1|2) and whether it is a near tie (``tie``: p within 0.5 pp of one half)."""
     if items.target_p1.isna().any():
         raise ValueError("every probe needs a human target (target_p1); see the 'full' profile notes")
-    idx = np.where(items.target_p1 >= 0.5, 1, 2)
+    idx = np.concatenate(
+        [values.majority_targets(g, lang).loc[g.qid].to_numpy() for lang, g in items.groupby("lang", sort=False)]
+    )
+    items = pd.concat([g for _, g in items.groupby("lang", sort=False)])
     return items.assign(
         maj_idx=idx,
         maj=np.where(idx == 1, items.opt1, items.opt2),
         tie=(items.target_p1 - 0.5).abs() < 0.005,
-    )
+    ).reset_index(drop=True)
 
 
-def real_items(probes_dir: str, langs: Sequence[str]) -> pd.DataFrame:
-    """The released value-probing TSV probes (``mlmc.values.load_probes``, shared with chapter 05), with the human
-    targets it attaches (``target_p1``; WVS shares of each language's mapped country)."""
-    from mlmc import values
-
-    return values.load_probes(probes_dir, langs=list(langs))
+def world_items(world, langs: Sequence[str]) -> pd.DataFrame:
+    """The world's value probes in ``langs`` (``mlmc.values.world_probes``, shared with chapter 05): lang, qid,
+    category (WVS-7 section), template, opt1, opt2 and target_p1, the planted p(option 1) of the language's culture."""
+    return values.world_probes(world, list(langs))
 
 
-def persona_world(world, items: pd.DataFrame, anchor: str, rho: float, home_share: float, anchor_share: float):
-    """The persona world over ``items`` (countries = their languages), loadings from all world languages."""
+def real_items(probes_dir: str, langs: Sequence[str], targets_csv: str) -> pd.DataFrame:
+    """The released value-probing probes (``mlmc.values.load_probes``, shared with chapter 05) with human targets:
+    ``target_p1`` of each language's WVS country (thesis Table 7.2) from the aggregate table ``targets_csv``
+    (``mlmc.values.load_aggregates``). Probes without a target are dropped."""
+    probes = values.load_probes(probes_dir, langs=list(langs))
+    agg = values.load_aggregates(targets_csv).set_index(["country", "qid"]).p_opt1
+    keys = [(values.LANG2COUNTRY.get(lang), q) for lang, q in zip(probes.lang, probes.qid, strict=True)]
+    target = [float(agg.get(key, np.nan)) for key in keys]
+    return probes.assign(target_p1=target).dropna(subset=["target_p1"]).reset_index(drop=True)
+
+
+def persona_world(
+    world, items: pd.DataFrame, langs: Sequence[str], anchor: str, rho: float, home_share: float, anchor_share: float
+):
+    """The persona world over ``items`` (countries = ``langs``, in that order), loadings from all world languages."""
     table = world.value_truth(world.languages).pivot(index="qid", columns="lang", values="p_opt1")
-    langs = list(dict.fromkeys(items.lang))
     return personas.PersonaWorld(
         items,
         personas.value_loadings(table),
@@ -348,10 +347,11 @@ def planted_checks(
 ) -> list:
     """The chapter's planted-truth checks (thresholds fixed here, before the run):
 
-    1. the Bayes oracle's delta drops with chrF++ demonstrations, vs the reader without value associations;
-    2. the same for the trained tiny LM;
+    1. the Bayes oracle's delta drops with chrF++ demonstrations, vs the reader without value associations
+       (``asserted`` as given);
+    2. the same for the trained tiny LM (reported, never asserted: whether it learns in context is the question);
     3. the tiny LM's held-out answer NLL after >= 2 in-document answers is below the prior-only reference
-       (control: the first answer of each document, where no context can help).
+       (control: the first answer of each document, where no context can help; reported).
     """
     checks = [
         ev.compare(
@@ -373,7 +373,6 @@ def planted_checks(
                 control_name="reader without value associations",
                 unit="misaligned item-runs",
                 statistic="mean δ_zs − δ_sa",
-                asserted=asserted,
             )
         )
     if curve_gain is not None:
@@ -386,7 +385,6 @@ def planted_checks(
                 control_name="first answer of each document (no context)",
                 unit="held-out answers",
                 statistic="mean NLL_prior − NLL_LM",
-                asserted=asserted,
             )
         )
     return checks
