@@ -427,3 +427,213 @@ def _build(name: str, rec: Recipe, texts: list[str], fingerprint: str, key: str,
             (tmp / "done.json").write_text(json.dumps(done, indent=1, sort_keys=True))
     finally:
         torch.set_num_threads(threads)
+
+
+# --- ch. 06: a tiny decoder pretrained for in-context learning on persona documents ---------------------------------
+@dataclass(frozen=True)
+class ICLRecipe:
+    """The ``tiny-icl-llama`` build: a word-level tokenizer over the documents, a Llama decoder, and next-token
+    loss on the answer tokens only (the word after each ``A:``), on documents the caller supplies (ch. 06 writes
+    persona documents whose answers share a latent culture). Any field can be overridden in :func:`icl_path`."""
+
+    layers: int = 2
+    heads: int = 4
+    hidden_size: int = 64
+    ffn: int = 128
+    max_length: int = 160
+    steps: int = 3000
+    batch_size: int = 32
+    lr: float = 3e-3
+    warmup_frac: float = 0.05
+    weight_decay: float = 0.01
+    seed: int = 0
+
+    def validate(self) -> ICLRecipe:
+        """Raise ``ValueError`` naming the first bad field; return ``self``."""
+        Recipe(
+            arch="llama",
+            layers=self.layers,
+            heads=self.heads,
+            hidden_size=self.hidden_size,
+            ffn=self.ffn,
+            max_length=self.max_length,
+            steps=self.steps,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            warmup_frac=self.warmup_frac,
+            weight_decay=self.weight_decay,
+            seed=self.seed,
+        ).validate()
+        return self
+
+
+ICL_RECIPES: dict[str, ICLRecipe] = {"tiny-icl-llama": ICLRecipe()}
+ANSWER_MARKER = "A:"
+
+
+def train_word_tokenizer(texts: Sequence[str]) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer (whitespace split, every word one token) with Llama's special tokens, ``<s> A``."""
+    names = _SPECIALS["llama"]
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=list(names.values()), show_progress=False))
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A",
+        pair="<s> $A </s> $B",
+        special_tokens=[("<s>", tok.token_to_id("<s>")), ("</s>", tok.token_to_id("</s>"))],
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=None, **names)
+
+
+def _answer_labels(ids: list[int], marker: int) -> list[int]:
+    """Targets for ``<s> doc``: the token after each answer marker; -100 elsewhere."""
+    labels = [-100] * len(ids)
+    for i in range(1, len(ids)):
+        if ids[i - 1] == marker:
+            labels[i] = ids[i]
+    return labels
+
+
+def icl_answer_nll(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], batch_size: int = 64
+) -> list[np.ndarray]:
+    """Per document, the model's negative log-likelihood (nats) of each answer token, in document order."""
+    marker = tokenizer.convert_tokens_to_ids(ANSWER_MARKER)
+    seqs = [[tokenizer.bos_token_id, *s] for s in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+    out = []
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        for lo in range(0, len(seqs), batch_size):
+            chunk = seqs[lo : lo + batch_size]
+            ids, attn = mlmc_train.pad_sequences(chunk, tokenizer.pad_token_id)
+            logp = torch.log_softmax(
+                model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits.float(), -1
+            ).cpu()
+            for b, s in enumerate(chunk):
+                pos = [i for i in range(1, len(s)) if s[i - 1] == marker]
+                out.append(np.array([-float(logp[b, i - 1, s[i]]) for i in pos]))
+    return out
+
+
+def icl_path(
+    name: str,
+    docs: Sequence[str],
+    heldout: Sequence[str] = (),
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    **overrides: Any,
+) -> Path:
+    """The cache directory of an in-context-learning zoo model trained on ``docs`` (built if missing or broken;
+    same atomic entry and ``done.json`` checks as :func:`path`). ``done.json`` records the training loss curve
+    (every 50 steps) and, with ``heldout`` documents, the held-out answer NLL. Used by ch. 06."""
+    check_choice("name", name, tuple(ICL_RECIPES))
+    fields = [f.name for f in dataclasses.fields(ICLRecipe)]
+    bad = sorted(set(overrides) - set(fields))
+    if bad:
+        raise ValueError(f"unknown recipe override(s) {bad}; allowed: {fields}")
+    rec = dataclasses.replace(ICL_RECIPES[name], **overrides).validate()
+    docs, heldout = list(docs), list(heldout)
+    if not docs or not all(isinstance(t, str) for t in docs):
+        raise ValueError("parameter 'docs' must be a non-empty list of strings")
+    key = stable_hash(
+        {
+            "version": RECIPE_VERSION,
+            "icl": dataclasses.asdict(rec),
+            "docs": stable_hash(docs),
+            "heldout": stable_hash(heldout),
+        }
+    )
+    entry = cache_root(cache_dir) / f"{name}-{key}"
+    if not is_valid(entry, key):
+        _remove_stale_temps(entry)
+        _build_icl(name, rec, docs, heldout, key, entry, progress)
+    return entry
+
+
+def _build_icl(
+    name: str, rec: ICLRecipe, docs: list[str], heldout: list[str], key: str, entry: Path, progress: bool
+) -> None:
+    from tqdm.auto import tqdm
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    wall, cpu = time.perf_counter(), time.process_time()
+    try:
+        tokenizer = train_word_tokenizer(docs + heldout)
+        base = Recipe(
+            arch="llama",
+            layers=rec.layers,
+            heads=rec.heads,
+            hidden_size=rec.hidden_size,
+            ffn=rec.ffn,
+            max_length=rec.max_length,
+            seed=rec.seed,
+        )
+        model = init_model(base, tokenizer)
+        marker = tokenizer.convert_tokens_to_ids(ANSWER_MARKER)
+        seqs = [
+            [tokenizer.bos_token_id, *s][: rec.max_length]
+            for s in tokenizer(docs, add_special_tokens=False)["input_ids"]
+        ]
+        labels = [_answer_labels(s, marker) for s in seqs]
+        seed_everything(rec.seed)
+        rng = np.random.default_rng(rec.seed)
+        opt, sched = mlmc_train._optimizer(model, rec.lr, rec.weight_decay, max(rec.steps, 1), rec.warmup_frac)
+        model.train()
+        order, pos, losses = rng.permutation(len(seqs)), 0, []
+        for _ in tqdm(range(rec.steps), desc="pretrain tiny-icl-llama", disable=not progress, leave=False):
+            if pos + rec.batch_size > len(order):
+                order, pos = rng.permutation(len(seqs)), 0
+            idx = order[pos : pos + rec.batch_size]
+            pos += rec.batch_size
+            ids, attn = mlmc_train.pad_sequences([seqs[i] for i in idx], tokenizer.pad_token_id)
+            lab, _ = mlmc_train.pad_sequences([labels[i] for i in idx], -100)
+            loss = model(input_ids=ids, attention_mask=attn, labels=lab).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+        model.eval()
+        train_seconds = time.perf_counter() - wall
+        nll = icl_answer_nll(model, tokenizer, heldout) if heldout else []
+        done = {
+            "name": name,
+            "key": key,
+            "recipe_version": RECIPE_VERSION,
+            "recipe": {"arch": "llama", **dataclasses.asdict(rec)},
+            "objective": "answer tokens after 'A:'",
+            "n_train_texts": len(docs),
+            "n_heldout_texts": len(heldout),
+            "vocab_size": len(tokenizer),
+            "n_params": sum(p.numel() for p in model.parameters()),
+            "loss_curve": [float(np.mean(losses[i : i + 50])) for i in range(0, len(losses), 50)],
+            "heldout_answer_nll": float(np.mean(np.concatenate(nll))) if nll else None,
+            "train_seconds": round(train_seconds, 2),
+            "torch": torch.__version__,
+        }
+        with atomic_dir(entry) as tmp, mlmc_models.quiet_transformers():
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            done |= {
+                "build_seconds": round(time.perf_counter() - wall, 2),
+                "build_cpu_seconds": round(time.process_time() - cpu, 2),
+                "files": _file_table(tmp),
+            }
+            (tmp / "done.json").write_text(json.dumps(done, indent=1, sort_keys=True))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def get_icl(
+    name: str,
+    docs: Sequence[str],
+    heldout: Sequence[str] = (),
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    **overrides: Any,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """``(model, tokenizer)`` of :func:`icl_path`, loaded via :func:`mlmc.models.load` (ch. 06)."""
+    entry = icl_path(name, docs, heldout, cache_dir=cache_dir, progress=progress, **overrides)
+    return mlmc_models.load(entry, "causal-lm")

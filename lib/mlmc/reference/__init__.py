@@ -33,6 +33,11 @@ Each CSV file in this folder is one table, loaded with ``load(name)``. Sources:
   (subnetwork accuracy, FT + mask vs SFT + mask), the random-mask SFT numbers of §5.6.1, and the signs of the
   correlations and comparisons of §5.7 (-1 negative, +1 positive, where the thesis gives no number). Used by
   chapter 03.
+- ``ch8_thesis``: thesis chapter 8 (Choenni & Shutova 2024, arXiv:2408.16482) in long format: Table 8.1 (% of the
+  zero-shot misaligned items that self-alignment with chrF++ demonstrations improved, left unchanged or worsened, per
+  model and language; Llama3 and Mistral only en/de/ro, the columns that survive in the thesis text) and §8.5
+  (misaligned English items out of 237 per model; Llama3's 73 % improved with chrF++ demonstrations, also when
+  shuffled). Used by chapter 06.
 """
 
 from __future__ import annotations
