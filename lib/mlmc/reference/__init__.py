@@ -18,6 +18,12 @@ Each CSV file in this folder is one table, loaded with ``load(name)``. Sources:
 - ``ch4_thesis``: the other numbers of thesis chapter 4 in long format: Table 4.1 (mean LAS and best-system share),
   Table 4.3 (unseen and rare labels), Table 4.4 (training-language LAS and heads switched off), Table 4.5 (selection
   vs protection) and Table 4.6 (gradient conflicts). Used by chapter 02.
+- ``ch9_papers`` (chapter 07, cross-lingual debiasing): Table 2 of Peng, Hu, Chai & Søgaard (2025), *Debiasing
+  Multilingual LLMs in Cross-lingual Latent Space* (EMNLP; arXiv 2508.17948): CrowS-Pairs bias score of Aya-expanse-8B
+  per evaluation language, base and after INLP / SentDebias in the original and the latent space, English as the
+  debiasing language (``metric=bias_score``), plus the App. B significance threshold for n = 40; and the qualitative
+  findings of Neplenbroek, Bisazza & Fernández (2025, Findings ACL; arXiv 2412.14050) as 1 = "the paper reports
+  this direction" (the seed summaries give no numbers). Used by chapter 07.
 """
 
 from __future__ import annotations
