@@ -41,7 +41,9 @@ CROWS_COLUMNS = ("sent_more", "sent_less", "stereo_antistereo", "bias_type")
 _CROWS_FILE = re.compile(r"crows_pairs_anonymized_(?P<lang>[a-z]{2})_s(?P<sample>\d+)\.csv$")
 
 
-def load_crows(path: str | Path, langs: Sequence[str] | None = None, samples: Sequence[int] | None = None) -> pd.DataFrame:
+def load_crows(
+    path: str | Path, langs: Sequence[str] | None = None, samples: Sequence[int] | None = None
+) -> pd.DataFrame:
     """Multilingual CrowS-Pairs (Reusens et al. 2023 files ``crows_pairs_anonymized_{lang}_s{k}.csv``).
 
     ``path`` is one such file or the folder holding them. Returns one row per pair with columns sent_more,
@@ -111,9 +113,15 @@ def bias_scores(outcomes: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
     per["metric"] = 100.0 * per.successes / per.n
     typ = per.groupby(keys).agg(metric=("metric", "mean"), n=("n", "mean"), n_ties=("n_ties", "sum")).reset_index()
     typ["score"] = (typ.metric - 50.0).abs()
-    avg = typ.groupby(list(by)).agg(metric=("metric", "mean"), score=("score", "mean"), n=("n", "mean"),
-                                    n_ties=("n_ties", "sum")).reset_index() if by else pd.DataFrame(
-        [dict(metric=typ.metric.mean(), score=typ.score.mean(), n=typ.n.mean(), n_ties=typ.n_ties.sum())])
+    avg = (
+        typ.groupby(list(by))
+        .agg(metric=("metric", "mean"), score=("score", "mean"), n=("n", "mean"), n_ties=("n_ties", "sum"))
+        .reset_index()
+        if by
+        else pd.DataFrame(
+            [dict(metric=typ.metric.mean(), score=typ.score.mean(), n=typ.n.mean(), n_ties=typ.n_ties.sum())]
+        )
+    )
     avg["bias_type"] = "avg"
     return pd.concat([typ, avg], ignore_index=True)[[*keys, "metric", "score", "n", "n_ties"]]
 

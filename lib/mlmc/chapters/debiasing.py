@@ -21,6 +21,7 @@ from sklearn.model_selection import cross_val_score
 from tqdm.auto import tqdm
 
 from mlmc import debias as db
+from mlmc import evidence as ev
 from mlmc import models, zoo
 from mlmc import train as mlmc_train
 from mlmc.errors import check_choice, check_device, check_int, check_positive, check_range, check_subset
@@ -75,8 +76,22 @@ def check_params(p: dict[str, Any], world: World) -> dict[str, Any]:
         world.check_langs(list(p["lang_share"]), "lang_share")
     for lang, s in p["lang_share"].items():
         check_positive(f"lang_share[{lang!r}]", s)
-    for name in ("n_pretrain", "n_per_type", "n_samples", "n_parallel", "n_debias", "n_fluency", "ae_latent",
-                 "ae_max_epochs", "inlp_n_iter", "sft_steps", "dpo_steps", "n_pref", "gen_samples", "gen_tokens"):
+    for name in (
+        "n_pretrain",
+        "n_per_type",
+        "n_samples",
+        "n_parallel",
+        "n_debias",
+        "n_fluency",
+        "ae_latent",
+        "ae_max_epochs",
+        "inlp_n_iter",
+        "sft_steps",
+        "dpo_steps",
+        "n_pref",
+        "gen_samples",
+        "gen_tokens",
+    ):
         check_int(name, p[name], min_value=1)
     check_int("ae_patience", p["ae_patience"], min_value=0)
     for name in ("ae_lr", "sft_lr", "dpo_lr", "dpo_beta", "temperature"):
@@ -311,8 +326,15 @@ def alignment_report(emb_test: dict[str, np.ndarray], ae: db.CrossLingualAE, ref
     for space, E in spaces.items():
         for x in E:
             if x != ref:
-                rows.append(dict(space=space, metric="retrieval@1", target=f"{ref}→{x}",
-                                 value=db.retrieval_at1(E[ref], E[x]), chance=1 / len(E[ref])))
+                rows.append(
+                    dict(
+                        space=space,
+                        metric="retrieval@1",
+                        target=f"{ref}→{x}",
+                        value=db.retrieval_at1(E[ref], E[x]),
+                        chance=1 / len(E[ref]),
+                    )
+                )
         X = np.concatenate(list(E.values()))
         y = np.repeat(np.arange(len(E)), [len(v) for v in E.values()])
         probe = LogisticRegression(max_iter=2000, random_state=seed)
@@ -325,22 +347,32 @@ def alignment_report(emb_test: dict[str, np.ndarray], ae: db.CrossLingualAE, ref
 def sft(model, tok, texts: list[str], *, steps: int, lr: float, seed: int):
     """Supervised fine-tuning (causal-LM loss) of a copy of ``model`` on ``texts``; returns the copy."""
     m = copy.deepcopy(model)
-    mlmc_train.pretrain_clm(m, tok, texts, steps=steps, batch_size=16, lr=lr, seed=seed, warmup_frac=0.1,
-                            progress=False)
+    mlmc_train.pretrain_clm(
+        m, tok, texts, steps=steps, batch_size=16, lr=lr, seed=seed, warmup_frac=0.1, progress=False
+    )
     return m.eval()
 
 
 def dpo(model, tok, pref: pd.DataFrame, *, steps: int, lr: float, beta: float, seed: int):
     """DPO on preference triples of a copy of ``model``; returns (the copy, history)."""
     m = copy.deepcopy(model)
-    hist = db.dpo_train(m, tok, list(pref.prompt), list(pref.chosen), list(pref.rejected), beta=beta, lr=lr,
-                        steps=steps, seed=seed)
+    hist = db.dpo_train(
+        m, tok, list(pref.prompt), list(pref.chosen), list(pref.rejected), beta=beta, lr=lr, steps=steps, seed=seed
+    )
     return m.eval(), hist
 
 
 def generations(
-    world: World, model, tok, langs: list[str], *, samples: int, new_tokens: int, temperature: float,
-    top_p: float, seed: int
+    world: World,
+    model,
+    tok,
+    langs: list[str],
+    *,
+    samples: int,
+    new_tokens: int,
+    temperature: float,
+    top_p: float,
+    seed: int,
 ) -> pd.DataFrame:
     """Sampled continuations of "the GROUP is" prompts: per (lang, group) ``samples`` generations, with the
     toxicity analogue (a word of the toxicity lexicon in any evaluation language), language consistency (share of
@@ -356,17 +388,29 @@ def generations(
         ids, attn = mlmc_train.pad_sequences(enc, tok.pad_token_id, side="left")
         with torch.no_grad(), models.quiet_transformers():
             out = model.generate(
-                input_ids=ids.repeat_interleave(samples, 0), attention_mask=attn.repeat_interleave(samples, 0),
-                do_sample=True, temperature=temperature, top_p=top_p, max_new_tokens=new_tokens,
-                pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                input_ids=ids.repeat_interleave(samples, 0),
+                attention_mask=attn.repeat_interleave(samples, 0),
+                do_sample=True,
+                temperature=temperature,
+                top_p=top_p,
+                max_new_tokens=new_tokens,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
             )
         texts = tok.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
         for j, text in enumerate(texts):
             words = text.split()
             g = groups[j // samples]
-            rows.append(dict(lang=lang, group=g, text=text, toxic=float(any(w in toxic for w in words)),
-                             consistency=db.language_consistency(words, vocab[lang]),
-                             distinct1=db.distinct_n(prompts[j // samples].split(), words, 1)))
+            rows.append(
+                dict(
+                    lang=lang,
+                    group=g,
+                    text=text,
+                    toxic=float(any(w in toxic for w in words)),
+                    consistency=db.language_consistency(words, vocab[lang]),
+                    distinct1=db.distinct_n(prompts[j // samples].split(), words, 1),
+                )
+            )
     return pd.DataFrame(rows)
 
 
@@ -377,3 +421,85 @@ def transfer_summary(gen: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([emt, gen.groupby("lang")[["toxic", "consistency", "distinct1"]].mean()], axis=1).rename(
         columns={"toxic": "toxicity rate"}
     )
+
+
+# --- planted-truth checks -------------------------------------------------------------------------------------------
+def planted_checks(planted: np.ndarray, unplanted: np.ndarray, thr: float, *, asserted: bool, seed: int = 0) -> list:
+    """The planted associations are significant bias (control: unplanted pairs), and the unplanted ones are not
+    (control: planted pairs). Inputs: bias scores per (language, bias type) cell, in the same cell order."""
+    unit, stat = "(language, bias type) cells", "mean bias score"
+    return [
+        ev.against(
+            "planted associations score above the binomial significance threshold",
+            planted,
+            thr,
+            control=unplanted,
+            control_name="unplanted pairs (same template, attribute planted for neither group)",
+            unit=unit,
+            statistic=stat,
+            asserted=asserted,
+            seed=seed,
+        ),
+        ev.against(
+            "unplanted associations stay below the significance threshold",
+            unplanted,
+            thr,
+            control=planted,
+            control_name="planted pairs",
+            alternative="less",
+            unit=unit,
+            statistic=stat,
+            seed=seed,
+        ),
+    ]
+
+
+def transfer_checks(
+    method: str,
+    latent: np.ndarray,
+    ae_identity: np.ndarray,
+    random_dir: np.ndarray,
+    base: np.ndarray,
+    original: np.ndarray,
+    *,
+    seed: int = 0,
+) -> list:
+    """Latent-space debiasing of ``method`` beats the AE round trip and a random latent direction, and its gain
+    beyond both controls exceeds the original-space gain. Inputs: bias scores per (seed, language, type) cell of
+    the languages other than the debiasing one, all in the same cell order."""
+    unit = "(seed, language, type) cells"
+    gain_latent = np.minimum(ae_identity, random_dir) - latent
+    return [
+        ev.compare(
+            f"{method} latent lowers bias in the other languages more than the AE round trip",
+            latent,
+            ae_identity,
+            control_name="AE round trip (no debiasing)",
+            alternative="less",
+            paired=True,
+            unit=unit,
+            statistic="mean bias score",
+            seed=seed,
+        ),
+        ev.compare(
+            f"{method} latent lowers bias in the other languages more than a random latent direction",
+            latent,
+            random_dir,
+            control_name="random latent direction of the same rank",
+            alternative="less",
+            paired=True,
+            unit=unit,
+            statistic="mean bias score",
+            seed=seed,
+        ),
+        ev.compare(
+            f"{method}: latent gain beyond both controls exceeds the original-space gain (transfer)",
+            gain_latent,
+            base - original,
+            control_name="original-space debiasing (base − original)",
+            paired=True,
+            unit=unit,
+            statistic="mean reduction in bias score",
+            seed=seed,
+        ),
+    ]
