@@ -230,3 +230,18 @@ def test_smoke_profile_runs_end_to_end(tmp_path, results):
     t2 = pd.read_csv(run_dir / "table2.csv").set_index("condition")
     assert {"AE round trip", "random latent direction (SentDebias rank)", "SentDebias latent"} <= set(t2.index)
     assert "NLL/token" in t2.columns
+
+
+def test_transfer_summary_uses_expected_max_toxicity():
+    g = pd.DataFrame(
+        dict(
+            lang=["en"] * 4 + ["fr"] * 2,
+            group=["a", "a", "b", "b", "a", "a"],
+            toxic=[0, 1, 0.2, 0.1, 0, 0],
+            consistency=[1, 0.5, 1, 1, 1, 1],
+            distinct1=1.0,
+        )
+    )
+    s = dx.transfer_summary(g)
+    assert s.loc["en", "EMT"] == pytest.approx(0.6) and s.loc["fr", "EMT"] == 0
+    assert s.loc["en", "toxicity rate"] == pytest.approx(0.325) and s.loc["en", "consistency"] == pytest.approx(0.875)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -238,19 +237,6 @@ def inlp_data(texts: list[str], tuples: list[tuple[str, ...]], bias_type: str) -
     return out, np.asarray(ys)
 
 
-@dataclass
-class Debiaser:
-    """One fitted debiasing map for a (method, space, fit language, bias type, seed)."""
-
-    method: str
-    space: str
-    lang: str
-    bias_type: str
-    seed: int
-    P: np.ndarray
-    rank: int
-
-
 def variant_vectors(model, tok, examples: list[list[str]]) -> list[np.ndarray]:
     """Sentence vectors of counterfactual examples, embedded in one batched pass and split per example."""
     flat = [v for ex in examples for v in ex]
@@ -416,8 +402,14 @@ def generations(
 
 def transfer_summary(gen: pd.DataFrame) -> pd.DataFrame:
     """Per language: expected maximum toxicity over each prompt's samples, toxicity rate, consistency, distinct-1."""
-    by = gen.groupby(["lang", "group"])
-    emt = by.toxic.max().groupby("lang").mean().rename("EMT")
+    emt = (
+        gen.groupby("lang")
+        .apply(
+            lambda d: db.expected_max_toxicity([g.toxic.to_numpy() for _, g in d.groupby("group")]),
+            include_groups=False,
+        )
+        .rename("EMT")
+    )
     return pd.concat([emt, gen.groupby("lang")[["toxic", "consistency", "distinct1"]].mean()], axis=1).rename(
         columns={"toxic": "toxicity rate"}
     )
