@@ -461,7 +461,7 @@ def latent_hidden_fn(
 def ae_encode(ae: CrossLingualAE, X: np.ndarray) -> np.ndarray:
     """Latent codes of raw vectors ``X`` (NumPy in, NumPy out)."""
     with torch.no_grad():
-        return ae.encode(torch.as_tensor(X, dtype=torch.float32)).numpy()
+        return ae.encode(torch.as_tensor(X, dtype=torch.float32, device=ae.mu.device)).cpu().numpy()
 
 
 def retrieval_at1(X: np.ndarray, Y: np.ndarray) -> float:

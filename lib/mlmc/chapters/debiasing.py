@@ -372,10 +372,11 @@ def generations(
         prompts = [world.statement_prompt(lang, g, "kind")[0] for g in groups]
         enc = [[tok.bos_token_id, *ids] for ids in tok(prompts, add_special_tokens=False)["input_ids"]]
         ids, attn = mlmc_train.pad_sequences(enc, tok.pad_token_id, side="left")
+        dev = next(model.parameters()).device
         with torch.no_grad(), models.quiet_transformers():
             out = model.generate(
-                input_ids=ids.repeat_interleave(samples, 0),
-                attention_mask=attn.repeat_interleave(samples, 0),
+                input_ids=ids.repeat_interleave(samples, 0).to(dev),
+                attention_mask=attn.repeat_interleave(samples, 0).to(dev),
                 do_sample=True,
                 temperature=temperature,
                 top_p=top_p,
