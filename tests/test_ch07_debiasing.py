@@ -57,7 +57,9 @@ def test_parallel_sentences_are_aligned_and_deterministic(world):
 
 def test_curated_text_is_balanced_and_preference_pairs_follow_the_plants(world):
     cur = world.curated_statements("en", 3000).to_pandas()
-    assert not set(cur.attribute) & set(world.toxic_attributes())
+    assert set(cur.attribute) == set(ATTRIBUTES)  # every attribute, toxic ones included (PANDA is not detox data)
+    clean = world.curated_statements("en", 300, exclude_toxic=True).to_pandas()
+    assert not set(clean.attribute) & set(world.toxic_attributes())
     counts = cur[cur.bias_type == "gender"].group.value_counts(normalize=True)
     assert (counts - 1 / 6).abs().max() < 0.05  # groups of a category equally often
     truth = world.stereotype_truth(["en"]).groupby("group")["attribute"].apply(set).to_dict()

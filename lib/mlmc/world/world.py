@@ -369,14 +369,17 @@ class World:
 
         return self._pairs("parallel", langs, n_per_lang, split, seed, True, make)
 
-    def curated_statements(self, lang: str, n: int, seed: int = 0, bias_types=None) -> Dataset:
+    def curated_statements(
+        self, lang: str, n: int, seed: int = 0, bias_types=None, exclude_toxic: bool = False
+    ) -> Dataset:
         """Curated non-biased text for SFT (ch. 07, the PANDA analogue): group statements in which every group of a
-        category is paired with every attribute equally often (group and attribute drawn independently), attributes
-        outside the toxicity lexicon only. Columns text, lang, bias_type, group, attribute."""
+        category is paired with every attribute equally often (group and attribute drawn independently); with
+        ``exclude_toxic`` only attributes outside the toxicity lexicon. Columns text, lang, bias_type, group,
+        attribute."""
         check_choice("lang", lang, self.languages)
         check_int("n", n, 1)
         cats = list(GROUPS) if bias_types is None else check_subset("bias_types", bias_types, list(GROUPS))
-        clean = [a for a in ATTRIBUTES if a not in self.toxic_attributes()]
+        clean = [a for a in ATTRIBUTES if not (exclude_toxic and a in self.toxic_attributes())]
         rows = []
         for i in range(n):
             rng = rng_for(self.seed, "curated", lang, str(seed), str(i))
