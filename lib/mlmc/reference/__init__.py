@@ -38,6 +38,12 @@ Each CSV file in this folder is one table, loaded with ``load(name)``. Sources:
   model and language; Llama3 and Mistral only en/de/ro, the columns that survive in the thesis text) and §8.5
   (misaligned English items out of 237 per model; Llama3's 73 % improved with chrF++ demonstrations, also when
   shuffled). Used by chapter 06.
+- ``ch9_papers`` (chapter 07, cross-lingual debiasing): Table 2 of Peng, Hu, Chai & Søgaard (2025), *Debiasing
+  Multilingual LLMs in Cross-lingual Latent Space* (EMNLP; arXiv 2508.17948): CrowS-Pairs bias score of Aya-expanse-8B
+  per evaluation language, base and after INLP / SentDebias in the original and the latent space, English as the
+  debiasing language (``metric=bias_score``), plus the App. B significance threshold for n = 40; and the qualitative
+  findings of Neplenbroek, Bisazza & Fernández (2025, Findings ACL; arXiv 2412.14050) as 1 = "the paper reports
+  this direction" (the seed summaries give no numbers). Used by chapter 07.
 """
 
 from __future__ import annotations

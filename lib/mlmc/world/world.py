@@ -319,3 +319,108 @@ class World:
         return pd.DataFrame(
             [dict(concept=k, form=self.word(lang, k), polarity=c.polarity) for k, c in inv.items() if c.polarity != 0]
         )
+
+    # --- chapter 07 (cross-lingual debiasing): added generators; the ones above are unchanged -------------------
+    def toxic_attributes(self) -> list[str]:
+        """The world's toxicity analogue: group attributes labelled with anger or disgust (insults), ch. 07."""
+        return [a for a, emo in ATTRIBUTES.items() if {"anger", "disgust"} & set(emo)]
+
+    def crows_pairs_unplanted(self, lang: str, n: int, seed: int = 0) -> Dataset:
+        """Control minimal pairs in the format of :meth:`crows_pairs`, but the attribute is planted for *neither*
+        group, so an LM that learned only the planted associations should prefer each side half of the time."""
+        check_choice("lang", lang, self.languages)
+        check_int("n", n, 1)
+        truth = self.stereotype_truth([lang])
+        planted = truth.groupby("group")["attribute"].apply(set).to_dict()
+        rows = []
+        for i in range(n):
+            rng = rng_for(self.seed, "crows-unplanted", lang, str(seed), str(i))
+            cat = list(GROUPS)[int(rng.integers(len(GROUPS)))]
+            g_more, g_less = (str(x) for x in rng.choice(GROUPS[cat], size=2, replace=False))
+            options = sorted(set(ATTRIBUTES) - planted[g_more] - planted[g_less])
+            attr = options[int(rng.integers(len(options)))]
+            rows.append(
+                dict(
+                    sent_more=self.statement(lang, g_more, attr),
+                    sent_less=self.statement(lang, g_less, attr),
+                    bias_type=cat,
+                    group_more=g_more,
+                    group_less=g_less,
+                    attribute=attr,
+                )
+            )
+        return Dataset.from_list(rows)
+
+    def parallel_sentences(
+        self, langs, n_per_lang: int, split: str = "train", seed: int = 0, p_group: float = 0.4
+    ) -> Dataset:
+        """The same meanings rendered in every language of ``langs`` (ch. 07's autoencoder data): grammar clauses
+        and, with probability ``p_group``, a group statement with a uniformly drawn attribute (no planted bias).
+        Columns uid, lang, cid, text; rows with the same ``cid`` are translations of each other."""
+        check_range("p_group", p_group, 0.0, 1.0)
+        groups = [g for gs in GROUPS.values() for g in gs]
+
+        def make(rng):
+            if rng.random() < p_group:
+                g, a = groups[int(rng.integers(len(groups)))], list(ATTRIBUTES)[int(rng.integers(len(ATTRIBUTES)))]
+                return lambda lang: dict(text=self.statement(lang, g, a))
+            clause = sample_clause(rng, p_neg=0.1)
+            return lambda lang: dict(text=self.render(lang, clause))
+
+        return self._pairs("parallel", langs, n_per_lang, split, seed, True, make)
+
+    def curated_statements(
+        self, lang: str, n: int, seed: int = 0, bias_types=None, exclude_toxic: bool = False
+    ) -> Dataset:
+        """Curated non-biased text for SFT (ch. 07, the PANDA analogue): group statements in which every group of a
+        category is paired with every attribute equally often (group and attribute drawn independently); with
+        ``exclude_toxic`` only attributes outside the toxicity lexicon. Columns text, lang, bias_type, group,
+        attribute."""
+        check_choice("lang", lang, self.languages)
+        check_int("n", n, 1)
+        cats = list(GROUPS) if bias_types is None else check_subset("bias_types", bias_types, list(GROUPS))
+        clean = [a for a in ATTRIBUTES if not (exclude_toxic and a in self.toxic_attributes())]
+        rows = []
+        for i in range(n):
+            rng = rng_for(self.seed, "curated", lang, str(seed), str(i))
+            cat = cats[int(rng.integers(len(cats)))]
+            g, a = GROUPS[cat][int(rng.integers(len(GROUPS[cat])))], clean[int(rng.integers(len(clean)))]
+            rows.append(dict(text=self.statement(lang, g, a), lang=lang, bias_type=cat, group=g, attribute=a))
+        return Dataset.from_list(rows)
+
+    def statement_prompt(self, lang: str, subject: str, pred: str) -> tuple[str, str]:
+        """Split :meth:`statement` into (prompt, completion) just before the predicate word, e.g.
+        ("the muslims is", "kind .") in an English-like order (ch. 07's DPO pairs and generation prompts)."""
+        words = self.statement(lang, subject, pred).split(" ")
+        form = self.word(lang, pred)
+        cut = max(i for i, w in enumerate(words) if w.startswith(form))
+        return " ".join(words[:cut]), " ".join(words[cut:])
+
+    def preference_pairs(self, lang: str, n: int, seed: int = 0, kind: str = "bias", bias_types=None) -> Dataset:
+        """DPO preference triples about groups (ch. 07). ``kind="bias"`` (BiasDPO analogue): chosen = an attribute
+        planted for no group of the category, rejected = one planted for this group; ``kind="toxicity"`` (DetoxDPO
+        analogue): chosen = a non-toxic attribute, rejected = one from :meth:`toxic_attributes`.
+        Columns prompt, chosen, rejected, lang, kind, bias_type, group."""
+        check_choice("lang", lang, self.languages)
+        check_int("n", n, 1)
+        check_choice("kind", kind, ["bias", "toxicity"])
+        cats = list(GROUPS) if bias_types is None else check_subset("bias_types", bias_types, list(GROUPS))
+        truth = self.stereotype_truth([lang])
+        planted = truth.groupby("group")["attribute"].apply(list).to_dict()
+        toxic = self.toxic_attributes()
+        rows = []
+        for i in range(n):
+            rng = rng_for(self.seed, "preference", kind, lang, str(seed), str(i))
+            cat = cats[int(rng.integers(len(cats)))]
+            g = GROUPS[cat][int(rng.integers(len(GROUPS[cat])))]
+            if kind == "bias":
+                in_cat = {a for h in GROUPS[cat] for a in planted[h]}
+                good, bad = sorted(set(ATTRIBUTES) - in_cat - set(toxic)), sorted(planted[g])
+            else:
+                good, bad = sorted(set(ATTRIBUTES) - set(toxic)), sorted(toxic)
+            prompt, chosen = self.statement_prompt(lang, g, good[int(rng.integers(len(good)))])
+            rejected = self.statement_prompt(lang, g, bad[int(rng.integers(len(bad)))])[1]
+            rows.append(
+                dict(prompt=prompt, chosen=chosen, rejected=rejected, lang=lang, kind=kind, bias_type=cat, group=g)
+            )
+        return Dataset.from_list(rows)
