@@ -1,6 +1,7 @@
 """The ``mlmc`` command: run chapters, build the book, list chapters (see ``book/reproducing.md``).
 
-``mlmc run NN|NN_slug|all [--profile default|smoke|full|gpu] [-p key=value ...] [--out DIR]``,
+``mlmc run NN|NN_slug|all [--profile default|smoke|full|gpu] [-p key=value ...] [--out DIR] [--executor slurm
+--partition gpu ...]``,
 ``mlmc build [--out DIR] [--edition instructor|student] [--smoke-dir DIR]``, ``mlmc gpu-check [NN ...]``, ``mlmc list``.
 """
 
@@ -8,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
 
+from mlmc import jobs
 from mlmc.book import (
     PROFILES,
     BookBuildFailed,
@@ -38,6 +41,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE", help="override, YAML value")
     run.add_argument("--out", type=Path, help="folder for executed notebooks (default: book/chapters)")
     run.add_argument("--notebooks", type=Path, help="folder of chapter sources (default: notebooks)")
+    jobs_ = run.add_argument_group("job execution (chapters that split their work into jobs; see mlmc.jobs)")
+    jobs_.add_argument("--executor", choices=jobs.BACKENDS, help="inline | pool (default) | local | slurm (submitit)")
+    jobs_.add_argument("--job-dir", help="folder for stored job results and submitit logs (reruns skip finished jobs)")
+    jobs_.add_argument("--partition", help="SLURM partition")
+    jobs_.add_argument("--timeout-min", help="SLURM time limit per job in minutes (default: 60)")
+    jobs_.add_argument("--gpus", help="GPUs per SLURM job (default: 0)")
+    jobs_.add_argument("--cpus", help="CPUs per SLURM job (default: 1)")
+    jobs_.add_argument("--mem-gb", help="memory per SLURM job in GB")
     build = sub.add_parser("build", help="build the HTML book (-W -n) from the executed chapters")
     build.add_argument("--out", type=Path, help="output root; the HTML goes to OUT/_build/html (default: project)")
     build.add_argument(
@@ -54,8 +65,29 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+_JOB_FLAGS = {
+    "executor": "backend",
+    "job_dir": "folder",
+    "partition": "partition",
+    "timeout_min": "timeout_min",
+    "gpus": "gpus_per_node",
+    "cpus": "cpus_per_task",
+    "mem_gb": "mem_gb",
+}
+
+
+def _job_environment(args: argparse.Namespace) -> None:
+    """Pass the job-execution flags to the chapter's kernel as ``MLMC_EXECUTOR`` etc., checked before any run."""
+    for flag, key in _JOB_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            os.environ[jobs.ENV[key]] = str(value)
+    jobs.from_env()
+
+
 def _run(args: argparse.Namespace) -> int:
     overrides = parse_overrides(args.param)
+    _job_environment(args)
     if args.chapter == "all":
         notebooks = list_chapters(args.notebooks)
         if not notebooks:
