@@ -82,7 +82,14 @@ def _job_environment(args: argparse.Namespace) -> None:
         value = getattr(args, flag)
         if value is not None:
             os.environ[jobs.ENV[key]] = str(value)
-    jobs.from_env()
+    try:
+        jobs.from_env()
+    except ValueError as err:  # name the flag the user typed, not the variable it sets
+        message = str(err)
+        for flag, key in _JOB_FLAGS.items():
+            if getattr(args, flag) is not None:
+                message = message.replace(jobs.ENV[key], "--" + flag.replace("_", "-"))
+        raise ValueError(message) from None
 
 
 def _run(args: argparse.Namespace) -> int:
