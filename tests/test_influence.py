@@ -228,16 +228,22 @@ def test_projection_is_unbiased_and_deterministic(loaded):
 def kron_reference(proj: GaussianProjector, model: nn.Module, g: torch.Tensor) -> torch.Tensor:
     """The Kronecker projection written out densely: per parameter, kron(P1, P2) (or the dense block of a
     vector) applied to its slice of the flat gradient, summed over parameters."""
-    out, start = torch.zeros(len(g), proj.dim, dtype=g.dtype), 0
+    out, start, vectors = torch.zeros(len(g), proj.dim, dtype=g.dtype), 0, []
     for k, p in enumerate(model.parameters()):
         block = g[:, start : start + p.numel()]
         start += p.numel()
         if p.ndim < 2:
-            out += GaussianProjector._flat(proj, block, (2, k), True)
+            vectors.append(block)
         else:
             p1, p2 = proj._factors(k, p.shape[0], p.numel() // p.shape[0], block)
             out += block @ torch.kron(p1, p2).T
-    return out
+    flat = torch.cat(vectors, dim=1)  # all vectors as one zero-padded r x c matrix
+    r = int(np.ceil(flat.shape[1] ** 0.5))
+    c = -(-flat.shape[1] // r)
+    flat = nn.functional.pad(flat, (0, r * c - flat.shape[1]))
+    a, b = proj.factors
+    p1, p2 = proj._gaussian((3, 0), a, r, a, flat, True), proj._gaussian((3, 1), b, c, b, flat, True)
+    return out + flat @ torch.kron(p1, p2).T
 
 
 def test_kronecker_projection_equals_its_dense_form_for_every_batch_size(loaded):

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, grad, vjp, vmap
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
@@ -45,7 +45,7 @@ from mlmc.errors import check_choice, check_int, check_positive
 from mlmc.models import load, quiet_transformers
 
 NORMALIZE = ("cosine", "train_only", "none")
-METHODS = ("auto", "vmap", "loop")
+METHODS = ("auto", "hooks", "vmap", "loop")
 PARAM_PRESETS = ("all", "no_word_embeddings")
 PROJECTIONS = ("kronecker", "dense")
 DEVICES = ("cpu", "cuda")
@@ -168,8 +168,13 @@ class GaussianProjector:
     tensors as first axis x the rest) is projected as ``P1 dW P2^T`` with P1 in R^{a x m}, P2 in R^{b x n},
     entries N(0, 1/a) and N(0, 1/b), ``a * b = dim`` (a: the largest divisor of dim <= sqrt(dim)); this is the
     Kronecker matrix ``P1 (x) P2`` of the spec's factorised projection ``G1 grad_y x^T G2^T``. The sparse
-    word-embedding gradient is projected without being made dense. Vectors (biases, LayerNorm) are projected
-    densely. Only O(dim * (m + n)) random numbers per matrix, drawn once and cached.
+    word-embedding gradient is projected without being made dense, and a Linear weight's gradient is projected from
+    its factors (the layer's inputs and output gradients) without being formed. The vector parameters (biases,
+    LayerNorm) are concatenated in parameter order, zero-padded to an r x c matrix (r = ceil(sqrt(total))) and
+    projected the same way. Only O(dim * (m + n)) random numbers per matrix, drawn once and cached, so the
+    projector's memory stays far below the model's. Its variance is larger than a dense projection's at the same
+    ``dim`` (a rank-1 gradient is estimated with the relative error of an ``a``-, not a ``dim``-dimensional
+    projection): use ``"dense"`` where ``p * dim`` random numbers fit, ``"kronecker"`` with a larger ``dim`` beyond.
 
     ``structure="dense"``: one matrix G in R^{p x dim}, entries N(0, 1/dim), over the flattened gradient, drawn in
     row blocks of ``chunk`` coordinates (memory O(chunk * dim)); blocks beyond ``cache_entries`` are drawn again on
@@ -220,23 +225,36 @@ class GaussianProjector:
         """Project rows of ``g`` ([n, p]) to [n, dim] with the dense matrix G."""
         return self._flat(g, (), False)
 
-    def project(self, g: _Grads, shapes: Sequence[tuple[int, ...]]) -> Tensor:
-        """Project one batch of per-example gradients (parameter ``shapes`` in :func:`select_params` order)."""
+    def project(self, g: _Grads | _Capture, shapes: Sequence[tuple[int, ...]]) -> Tensor:
+        """Project one batch of per-example gradients (parameter ``shapes`` in :func:`select_params` order):
+        materialised (:class:`_Grads`) or as layer factors (:class:`_Capture`, Linear weights projected from their
+        input and output-gradient factors, LoGra-style, without forming the per-example gradient)."""
         if self.structure == "dense":
             return self(g.to_dense())
-        n = len(g)
-        slots = [k for k in range(len(shapes)) if g.h is None or k != g.emb_slot]
-        out = torch.zeros(n, self.dim, dtype=g._dtype(), device=g._device())
-        for k, block in zip(slots, g.dense, strict=True):
-            if len(shapes[k]) < 2:
-                out += self._flat(block, (2, k), True)
-                continue
-            p1, p2 = self._factors(k, shapes[k][0], block.shape[1] // shapes[k][0], block)
-            out += (p1 @ block.reshape(n, p1.shape[1], p2.shape[1]) @ p2.T).reshape(n, -1)
-        if g.h is not None:  # P1 dE P2^T = sum over positions of P1[:, id] (P2 h)^T; ignored positions (-1) drop out
-            p1, p2 = self._factors(g.emb_slot, g.vocab, g.h.shape[2], g.h)
-            cols = p1.T[g.ids.clamp_min(0)] * (g.ids >= 0).unsqueeze(2).to(g.h.dtype)
-            out += torch.bmm(cols.transpose(1, 2), g.h @ p2.T).reshape(n, -1)
+        n, parts = len(g), g.parts(shapes)
+        out = torch.zeros(n, self.dim, dtype=g.dtype, device=g.device)
+        vectors = [data for kind, _, data in parts if kind == "vector"]
+        if vectors:  # all vector parameters as one zero-padded r x c matrix, one Kronecker projection
+            flat = torch.cat(vectors, dim=1)
+            r = int(np.ceil(flat.shape[1] ** 0.5))
+            c = -(-flat.shape[1] // r)
+            flat = nn.functional.pad(flat, (0, r * c - flat.shape[1])).reshape(n, r, c)
+            a, b = self.factors
+            p1, p2 = self._gaussian((3, 0), a, r, a, flat, True), self._gaussian((3, 1), b, c, b, flat, True)
+            out += (p1 @ flat @ p2.T).reshape(n, -1)
+        for kind, k, data in parts:
+            if kind == "matrix":
+                p1, p2 = self._factors(k, shapes[k][0], data.shape[1] // shapes[k][0], data)
+                out += (p1 @ data.reshape(n, p1.shape[1], p2.shape[1]) @ p2.T).reshape(n, -1)
+            elif kind == "factors":  # P1 (sum_l g_l a_l^T) P2^T = sum_l (P1 g_l)(P2 a_l)^T
+                for grad_out, inp in data:
+                    p1, p2 = self._factors(k, grad_out.shape[2], inp.shape[2], inp)
+                    out += torch.bmm((grad_out @ p1.T).transpose(1, 2), inp @ p2.T).reshape(n, -1)
+            elif kind == "sparse":  # P1 dE P2^T = sum over positions of P1[:, id] (P2 h)^T; ids -1 drop out
+                ids, h, vocab = data
+                p1, p2 = self._factors(k, vocab, h.shape[2], h)
+                cols = p1.T[ids.clamp_min(0)] * (ids >= 0).unsqueeze(2).to(h.dtype)
+                out += torch.bmm(cols.transpose(1, 2), h @ p2.T).reshape(n, -1)
         return out
 
 
@@ -273,13 +291,16 @@ class _Grads:
     """Per-example gradients of a batch: ``dense`` blocks ``[B, p_k]`` in parameter order, and, when the input
     word embeddings are selected, their gradient kept sparse: the gradient ``h [B, L, d]`` at the embedding
     output and the token ``ids [B, L]`` (-1 = ignore). Row ``v`` of the dense embedding gradient is the sum of
-    ``h`` over the positions holding token ``v``, so dot products only need pairs of positions with equal ids."""
+    ``h`` over the positions holding token ``v``, so dot products only need pairs of positions with equal ids.
+    ``packed``: if set, one ``[B, sum p_k]`` matrix whose column slices are the ``dense`` blocks (one GEMM for
+    the dot products instead of one per parameter)."""
 
     dense: list[Tensor]
     ids: Tensor | None = None
     h: Tensor | None = None
     emb_slot: int = 0
     vocab: int = 0
+    packed: Tensor | None = None
     _vocab_map: tuple[Tensor, Tensor] | None = field(default=None, init=False, repr=False)
 
     def __len__(self) -> int:
@@ -288,18 +309,22 @@ class _Grads:
     @staticmethod
     def cat(parts: list[_Grads]) -> _Grads:
         """Stack batches (ids and ``h`` padded to the longest sequence)."""
-        first = parts[0]
-        dense = [torch.cat(col) for col in zip(*(p.dense for p in parts), strict=True)]
+        first, packed = parts[0], None
+        if all(p.packed is not None for p in parts):
+            packed = torch.cat([p.packed for p in parts])
+            dense = _columns_of(packed, [b.shape[1] for b in first.dense])
+        else:
+            dense = [torch.cat(col) for col in zip(*(p.dense for p in parts), strict=True)]
         if first.h is None:
-            return _Grads(dense)
+            return _Grads(dense, packed=packed)
         length = max(p.ids.shape[1] for p in parts)
         ids = torch.cat([nn.functional.pad(p.ids, (0, length - p.ids.shape[1]), value=-1) for p in parts])
         h = torch.cat([nn.functional.pad(p.h, (0, 0, 0, length - p.h.shape[1])) for p in parts])
-        return _Grads(dense, ids, h, first.emb_slot, first.vocab)
+        return _Grads(dense, ids, h, first.emb_slot, first.vocab, packed)
 
     def sq_norms(self) -> Tensor:
-        sq = torch.zeros(len(self), dtype=self._dtype(), device=self._device())
-        for b in self.dense:
+        sq = torch.zeros(len(self), dtype=self.dtype, device=self.device)
+        for b in [self.packed] if self.packed is not None else self.dense:
             sq += torch.linalg.vector_norm(b, dim=1).square()
         if self.h is not None:
             same = (self.ids[:, :, None] == self.ids[:, None, :]) & (self.ids >= 0)[:, :, None]
@@ -309,9 +334,12 @@ class _Grads:
     def dots(self, other: _Grads) -> Tensor:
         """``[len(self), len(other)]`` inner products of the full flattened gradients. The embedding part only
         needs the rows of tokens that occur in ``self``: ``other`` is compacted onto ``self``'s vocabulary."""
-        out = torch.zeros(len(self), len(other), dtype=self._dtype(), device=self._device())
-        for a, b in zip(self.dense, other.dense, strict=True):
-            out.addmm_(a, b.T)
+        out = torch.zeros(len(self), len(other), dtype=self.dtype, device=self.device)
+        if self.packed is not None and other.packed is not None:
+            out.addmm_(self.packed, other.packed.T)
+        else:
+            for a, b in zip(self.dense, other.dense, strict=True):
+                out.addmm_(a, b.T)
         if self.h is not None:
             lookup, mine = self._compact()
             theirs = _scatter_rows(other.h, other._rows(lookup), mine.shape[1] // self.h.shape[2])
@@ -320,10 +348,27 @@ class _Grads:
 
     def to_dense(self) -> Tensor:
         """The full flattened gradients ``[B, p]`` in :func:`select_params` order."""
-        blocks = list(self.dense)
+        if self.h is None:
+            return torch.cat(self.dense, dim=1)
+        width = sum(b.shape[1] for b in self.dense) + self.vocab * self.h.shape[2]
+        return self.write_rows(torch.empty(len(self), width, dtype=self.dtype, device=self.device))
+
+    def write_rows(self, out: Tensor) -> Tensor:
+        """Write :meth:`to_dense` into ``out`` (``[B, p]``, e.g. a view of rows of a larger result) and return it:
+        one pass over the output, the word-embedding rows scattered in place."""
+        blocks: list[Tensor | None] = list(self.dense)
         if self.h is not None:
-            blocks.insert(self.emb_slot, _scatter_rows(self.h, self.ids, self.vocab))
-        return torch.cat(blocks, dim=1)
+            blocks.insert(self.emb_slot, None)
+        start = 0
+        for b in blocks:
+            if b is not None:
+                out[:, start : start + b.shape[1]] = b
+                start += b.shape[1]
+                continue
+            d = self.h.shape[2]
+            _scatter_into(out[:, start : start + self.vocab * d].unflatten(1, (self.vocab, d)), self.h, self.ids)
+            start += self.vocab * d
+        return out
 
     def _rows(self, lookup: Tensor) -> Tensor:
         return lookup[self.ids.clamp_min(0)].masked_fill(self.ids < 0, -1)
@@ -338,22 +383,46 @@ class _Grads:
             self._vocab_map = (lookup, _scatter_rows(self.h, self._rows(lookup), len(present)))
         return self._vocab_map
 
-    def _dtype(self) -> torch.dtype:
+    def parts(self, shapes: Sequence[tuple[int, ...]]) -> list[tuple[str, int, Any]]:
+        """``(kind, slot, data)`` per selected parameter for the projector: ``"vector"`` / ``"matrix"`` blocks
+        ``[B, p_k]``, and the word embeddings as ``"sparse"`` ``(ids, h, vocab)``."""
+        slots = [k for k in range(len(shapes)) if self.h is None or k != self.emb_slot]
+        out = [("vector" if len(shapes[k]) < 2 else "matrix", k, b) for k, b in zip(slots, self.dense, strict=True)]
+        if self.h is not None:
+            out.insert(self.emb_slot, ("sparse", self.emb_slot, (self.ids, self.h, self.vocab)))
+        return out
+
+    @property
+    def dtype(self) -> torch.dtype:
         return (self.dense[0] if self.dense else self.h).dtype
 
-    def _device(self) -> torch.device:
+    @property
+    def device(self) -> torch.device:
         return (self.dense[0] if self.dense else self.h).device
+
+
+def _columns_of(packed: Tensor, widths: list[int]) -> list[Tensor]:
+    """Column slices of ``packed`` of the given widths, in order (views)."""
+    starts = np.cumsum([0, *widths])
+    return [packed[:, int(a) : int(b)] for a, b in zip(starts[:-1], starts[1:], strict=True)]
 
 
 def _scatter_rows(h: Tensor, rows: Tensor, n_rows: int) -> Tensor:
     """Sum ``h[b, l]`` ([B, L, d]) into row ``rows[b, l]`` of a zero ``[B, n_rows, d]`` tensor (rows < 0 are
     dropped); returned flattened to ``[B, n_rows * d]``."""
-    n, length, d = h.shape
-    out = torch.zeros(n, n_rows, d, dtype=h.dtype, device=h.device)
+    out = torch.empty(h.shape[0], n_rows, h.shape[2], dtype=h.dtype, device=h.device)
+    return _scatter_into(out, h, rows).reshape(h.shape[0], -1)
+
+
+def _scatter_into(out: Tensor, h: Tensor, rows: Tensor) -> Tensor:
+    """Zero ``out`` ([B, n_rows, d], may be a view) and sum ``h[b, l]`` into its row ``rows[b, l]`` (rows < 0
+    dropped)."""
+    n, length, _ = h.shape
+    out.zero_()
     keep = rows >= 0
     example = torch.arange(n, device=h.device)[:, None].expand(n, length)
     out.index_put_((example[keep], rows[keep]), h[keep], accumulate=True)
-    return out.reshape(n, -1)
+    return out
 
 
 # Bidirectional HF encoders for which right padding with a 4-D additive key mask is exact: positions of real
@@ -367,6 +436,8 @@ def _sparse_embedding(model: nn.Module, selected: dict[str, nn.Parameter]) -> nn
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     if not isinstance(emb, nn.Embedding) or not any(p is emb.weight for p in selected.values()):
         return None
+    if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+        return None  # shared by encoder and decoder (T5): two lookups per forward pass, with different ids
     out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     return None if out is not None and getattr(out, "weight", None) is emb.weight else emb
 
@@ -473,19 +544,318 @@ class _GradComputer:
             return self._loop(xs, y)
 
 
+class _Unsupported(Exception):
+    """The hook (factorised) path does not apply to this model, loss or parameter selection."""
+
+
+# HF families whose right-padded batches with a 2-D attention mask give every real token the computation of its
+# unpadded sequence (positions, attention, pooling), checked in tests/test_influence.py against unpadded gradients.
+_HOOK_PADDABLE = (*_PADDABLE, "t5", "mt5", "llama")
+# Lookups computed once per batch (not per example): their gradients cannot be split by example from hooks.
+_SHARED_LOOKUPS = ("relative_attention_bias",)
+
+
+@dataclass
+class _Capture:
+    """Per-example gradients of one batch from one batched backward pass, per selected parameter (in
+    :func:`select_params` order) as ``("dense", [B, p_k])``; a Linear weight as ``("factors", [(g, a), ...])``,
+    the output gradients ``g [B, L, out]`` and inputs ``a [B, L, in]`` of each call of the layer (the gradient is
+    ``sum_l g_l a_l^T``); or an embedding as ``("sparse", (ids [B, L], h [B, L, d], vocab))``. ``emb_slot``: the
+    slot kept sparse when materialised as :class:`_Grads` (the input word embeddings), or None."""
+
+    slots: list[tuple[str, Any]]
+    emb_slot: int | None
+    n: int
+
+    def __len__(self) -> int:
+        return self.n
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._first().dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._first().device
+
+    def _first(self) -> Tensor:
+        kind, data = self.slots[0]
+        return data if kind == "dense" else data[0][1] if kind == "factors" else data[1]
+
+    def parts(self, shapes: Sequence[tuple[int, ...]]) -> list[tuple[str, int, Any]]:
+        """``(kind, slot, data)`` per parameter for :meth:`GaussianProjector.project`."""
+        out = []
+        for k, (kind, data) in enumerate(self.slots):
+            out.append(("vector" if len(shapes[k]) < 2 else "matrix", k, data) if kind == "dense" else (kind, k, data))
+        return out
+
+    def dense_width(self) -> int:
+        """Columns of the materialised gradient outside the sparse word-embedding slot."""
+        return sum(self._width(k) for k in range(len(self.slots)) if k != self.emb_slot)
+
+    def _width(self, k: int) -> int:
+        kind, data = self.slots[k]
+        if kind == "dense":
+            return data.shape[1]
+        if kind == "factors":
+            return data[0][0].shape[2] * data[0][1].shape[2]
+        return data[2] * data[1].shape[2]
+
+    def grads(self, packed: Tensor | None = None) -> _Grads:
+        """The materialised gradients, written into ``packed`` (``[B, dense_width]``, e.g. a reused buffer;
+        default: a new one): Linear weights as batched outer products written in place, embeddings other than
+        the word embeddings scattered to dense rows; the word embeddings stay sparse."""
+        if packed is None:
+            packed = torch.empty(self.n, self.dense_width(), dtype=self.dtype, device=self.device)
+        slots = [k for k in range(len(self.slots)) if k != self.emb_slot]
+        dense = _columns_of(packed, [self._width(k) for k in slots])
+        for k, block in zip(slots, dense, strict=True):
+            kind, data = self.slots[k]
+            if kind == "dense":
+                block.copy_(data)
+            elif kind == "factors":
+                (g0, a0), *more = data
+                view = block.unflatten(1, (g0.shape[2], a0.shape[2]))
+                torch.bmm(g0.transpose(1, 2), a0, out=view)
+                for g, a in more:
+                    view.baddbmm_(g.transpose(1, 2), a)
+            else:
+                _scatter_into(block.unflatten(1, (data[2], data[1].shape[2])), data[1], data[0])
+        if self.emb_slot is None:
+            return _Grads(dense, packed=packed)
+        ids, h, vocab = self.slots[self.emb_slot][1]
+        return _Grads(dense, ids, h, self.emb_slot, vocab, packed)
+
+    def to_dense(self) -> Tensor:
+        return self.grads().to_dense()
+
+
+def _by_example(t: Tensor, n: int, keep: Tensor | None) -> Tensor:
+    """``t`` as ``[n, positions, features]``; positions past an example's length (``keep`` False) set to 0."""
+    if t.shape[0] != n:
+        raise _Unsupported(f"a layer saw a batch of {t.shape[0]} rows for {n} examples")
+    if keep is not None and t.ndim == 3 and t.shape[1] == keep.shape[1]:
+        return t.masked_fill(~keep[:, :, None], 0)
+    return t.reshape(n, -1, t.shape[-1])
+
+
+class _HookComputer:
+    """Per-example gradients of a whole batch from ONE batched forward and backward pass (method ``"hooks"``).
+
+    Forward hooks record the input of every module that owns a selected parameter; ``torch.autograd.grad`` of the
+    summed per-example losses gives the gradient at each such module's output (no parameter gradient is formed).
+    Examples do not interact in eval mode, so row ``i`` of these is example ``i``'s own: a Linear weight's
+    per-example gradient is ``sum_l g_l a_l^T`` (kept as factors), its bias ``sum_l g_l``, an embedding's rows are
+    the sums of ``g`` over the positions of each id (kept sparse), and any other module without submodules
+    (LayerNorm, RMSNorm) gets its parameters' per-example gradients from ``torch.func.vjp`` of that module alone,
+    vmapped over the examples. Padded positions are zeroed in every captured tensor, so they contribute nothing.
+    Parameters this cannot split by example (tied weights, T5's relative attention bias, modules with
+    submodules) come from :class:`_GradComputer` (vmap) over those parameters only.
+    """
+
+    method = "hooks"
+
+    def __init__(self, model: nn.Module, params: str | Sequence[str], loss_fn: LossFn | None, pad_multiple: int):
+        if loss_fn is not None:
+            raise _Unsupported("a custom loss_fn (the batched pass sums the per-example cross-entropy)")
+        self.model, self.params, self.pad_multiple = model, params, pad_multiple
+        selected = select_params(model, params)
+        self.shapes = [tuple(v.shape) for v in selected.values()]
+        owners: dict[int, list[tuple[str, nn.Module, str]]] = {}
+        for mname, mod in model.named_modules(remove_duplicate=False):
+            for attr, p in mod.named_parameters(recurse=False):
+                if all(m is not mod for _, m, _ in owners.get(id(p), [])):
+                    owners.setdefault(id(p), []).append((mname, mod, attr))
+        self.plan: list[tuple[str, nn.Module | None, str]] = []
+        rest = []
+        for name, p in selected.items():
+            own = owners.get(id(p), [])
+            mname, mod, attr = own[0] if len(own) == 1 else ("", None, "")
+            if mod is None or mname.rsplit(".", 1)[-1] in _SHARED_LOOKUPS:
+                kind = "rest"
+            elif isinstance(mod, nn.Linear):
+                kind = "factors" if attr == "weight" else "bias"
+            elif isinstance(mod, nn.Embedding) and mod.max_norm is None:
+                kind = "sparse"
+            else:
+                kind = "module" if next(mod.children(), None) is None else "rest"
+            self.plan.append((kind, mod, attr))
+            if kind == "rest":
+                rest.append(name)
+        self.rest = _GradComputer(model, rest, None, "auto", pad_multiple) if rest else None
+        emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        self.emb_slot = next((k for k, (kind, mod, _) in enumerate(self.plan) if kind == "sparse" and mod is emb), None)
+        cfg = getattr(model, "config", None)
+        paddable = getattr(cfg, "model_type", None) in _HOOK_PADDABLE and pad_multiple > 1
+        if self.rest is not None:  # share the fallback's buckets
+            paddable = paddable and self.rest.pad_id is not None
+        self.pad_id = getattr(cfg, "pad_token_id", None) if paddable else None
+        self.multiple = pad_multiple if self.pad_id is not None else None
+        self.modules = list({id(m): m for kind, m, _ in self.plan if kind != "rest"}.values())
+        self.dtype = next(iter(selected.values())).dtype
+        self.device = next(iter(selected.values())).device
+        self.fallback: _GradComputer | None = None
+
+    def __call__(self, xs: list[Tensor], y: Tensor) -> _Capture | _Grads:
+        if self.fallback is not None:
+            return self.fallback(xs, y)
+        try:
+            return self._capture([x.to(self.device) for x in xs], y.to(self.device))
+        except (_Unsupported, RuntimeError, NotImplementedError) as err:
+            warnings.warn(f"batched per-example gradients failed ({err}); using torch.func", stacklevel=3)
+            self.fallback = _GradComputer(self.model, self.params, None, "auto", self.pad_multiple)
+            return self.fallback(xs, y)
+
+    def _capture(self, xs: list[Tensor], y: Tensor) -> _Capture:
+        n, length = len(xs), max(len(x) for x in xs)
+        lengths = torch.tensor([len(x) for x in xs], device=self.device)
+        keep = torch.arange(length, device=self.device)[None, :] < lengths[:, None]
+        kwargs = {}
+        if keep.all():
+            x, keep = torch.stack(xs), None
+        elif self.pad_id is not None:
+            x = torch.stack([nn.functional.pad(t, (0, length - len(t)), value=self.pad_id) for t in xs])
+            kwargs["attention_mask"] = keep.long()
+        else:
+            raise _Unsupported("examples of unequal length for a model without verified padding")
+        calls: dict[int, list[tuple[Tensor, Tensor]]] = {id(m): [] for m in self.modules}
+
+        def record(mod: nn.Module, args: tuple, out: Any) -> Any:
+            if not args or not isinstance(args[0], Tensor) or not isinstance(out, Tensor):
+                raise _Unsupported(f"{type(mod).__name__} is not called with and returning one tensor")
+            if isinstance(mod, nn.Embedding) and args[0].shape[0] == 1 and n > 1:  # e.g. BERT's position ids
+                out = out.expand(n, *out.shape[1:])
+                calls[id(mod)].append((args[0].detach().expand(n, *args[0].shape[1:]), out))
+                return out
+            calls[id(mod)].append((args[0].detach(), out))
+            return None
+
+        handles = [m.register_forward_hook(record) for m in self.modules]
+        try:
+            with torch.enable_grad():
+                out = self.model(x, **kwargs)
+        finally:
+            for h in handles:
+                h.remove()
+        logits = getattr(out, "logits", out)
+        logits = logits[0] if isinstance(logits, tuple) else logits
+        if logits.ndim != 2 or logits.shape[0] != n:
+            raise _Unsupported(f"logits of shape {tuple(logits.shape)} for {n} examples")
+        loss = nn.functional.cross_entropy(logits, y, reduction="sum")
+        outs = [o for m in self.modules for _, o in calls[id(m)]]
+        if not all(o.requires_grad for o in outs):
+            raise _Unsupported("a selected layer's output does not require grad (frozen parameters)")
+        grads = iter(torch.autograd.grad(loss, outs, allow_unused=True))
+        seen = {
+            id(m): [(a, o, next(grads)) for a, o in calls[id(m)]] for m in self.modules
+        }  # (input, output, grad at output) per call
+        up = self.dtype in (torch.float16, torch.bfloat16)
+        slots: list[tuple[str, Any]] = []
+        module_grads: dict[int, dict[str, Tensor]] = {}
+        rest = iter(self.rest(xs, y).dense) if self.rest is not None else None
+        for kind, mod, attr in self.plan:
+            if kind == "rest":
+                slots.append(("dense", next(rest)))
+                continue
+            recs = [(a, o, torch.zeros_like(o) if g is None else g) for a, o, g in seen[id(mod)]]
+            if not recs:
+                raise _Unsupported(f"{type(mod).__name__} was not called in the forward pass")
+            if kind == "factors":
+                pairs = [(_by_example(g, n, keep), _by_example(a, n, keep)) for a, _, g in recs]
+                slots.append(("factors", [(g.float(), a.float()) if up else (g, a) for g, a in pairs]))
+            elif kind == "bias":
+                block = sum(_by_example(g, n, keep).sum(1) for _, _, g in recs)
+                slots.append(("dense", block.float() if up else block))
+            elif kind == "sparse":
+                slots.append(("sparse", self._sparse(mod, recs, n, keep, up)))
+            else:
+                if id(mod) not in module_grads:
+                    module_grads[id(mod)] = _module_grads(mod, recs, n, keep)
+                block = module_grads[id(mod)][attr]
+                slots.append(("dense", block.float() if up else block))
+        return _Capture(slots, self.emb_slot, n)
+
+    @staticmethod
+    def _sparse(mod: nn.Embedding, recs: list, n: int, keep: Tensor | None, up: bool) -> tuple[Tensor, Tensor, int]:
+        ids, hs = [], []
+        for a, _, g in recs:
+            i = a.reshape(n, -1)
+            if keep is not None and a.shape == keep.shape:
+                i = i.masked_fill(~keep, -1)
+            if mod.padding_idx is not None:  # the lookup gives no gradient to the padding row
+                i = i.masked_fill(i == mod.padding_idx, -1)
+            ids.append(i)
+            hs.append(g.reshape(n, i.shape[1], -1))
+        h = torch.cat(hs, dim=1)
+        return torch.cat(ids, dim=1), h.float() if up else h, mod.num_embeddings
+
+
+def _module_grads(mod: nn.Module, recs: list, n: int, keep: Tensor | None) -> dict[str, Tensor]:
+    """Per-example gradients ``[n, p]`` of a small module's own parameters (LayerNorm, RMSNorm), by vmapping the
+    vector-Jacobian product of the module alone over the examples' recorded inputs and output gradients."""
+    params = {k: v.detach() for k, v in mod.named_parameters(recurse=False)}
+
+    def one(a: Tensor, g: Tensor) -> dict[str, Tensor]:
+        _, pull = vjp(lambda p: functional_call(mod, p, (a.unsqueeze(0),)), params)
+        return pull(g.unsqueeze(0))[0]
+
+    total: dict[str, Tensor] = {}
+    for a, _, g in recs:
+        if a.shape[0] != n:
+            raise _Unsupported(f"{type(mod).__name__} saw a batch of {a.shape[0]} rows for {n} examples")
+        if keep is not None and a.ndim == 3 and a.shape[1] == keep.shape[1]:
+            a, g = a.masked_fill(~keep[:, :, None], 0), g.masked_fill(~keep[:, :, None], 0)
+        with torch.enable_grad():
+            got = vmap(one)(a.detach(), g)
+        for k, v in got.items():
+            total[k] = total[k] + v.reshape(n, -1) if k in total else v.reshape(n, -1)
+    return total
+
+
+_Computer = _HookComputer | _GradComputer
+
+
 def _iter_grads(
-    computer: _GradComputer, ex: Examples, batch_size: int, projector: GaussianProjector | None, bar: tqdm
+    computer: _Computer,
+    ex: Examples,
+    batch_size: int,
+    projector: GaussianProjector | None,
+    bar: tqdm,
+    reuse: bool = False,
 ) -> Iterator[tuple[Tensor, _Grads]]:
-    """Yield ``(indices, gradients)`` per length bucket; a projector maps the gradients to ``[B, dim]``."""
+    """Yield ``(indices, gradients)`` per length bucket; a projector maps the gradients to ``[B, dim]``.
+    ``reuse``: the caller is done with each batch before asking for the next, so the gradients of every batch
+    may be written into the same buffer."""
+    buffer = torch.empty(0)
     with _grad_mode(computer.model, computer.method != "loop"):
         for idx in _buckets(ex, batch_size, computer.multiple):
             g = computer([ex.inputs[i] for i in idx.tolist()], ex.labels[idx])
-            yield idx, (_Grads([projector.project(g, computer.shapes)]) if projector is not None else g)
+            if projector is not None:
+                g = _Grads([projector.project(g, computer.shapes)])
+            elif isinstance(g, _Capture):  # streamed batches reuse one buffer (fresh pages are slow to touch)
+                need = len(idx) * g.dense_width()
+                if not reuse or buffer.numel() < need or buffer.dtype != g.dtype or buffer.device != g.device:
+                    buffer = torch.empty(need, dtype=g.dtype, device=g.device)
+                g = g.grads(buffer[:need].view(len(idx), -1))
+            yield idx, g
             bar.update(len(idx))
 
 
+def _computer(
+    model: nn.Module, params: str | Sequence[str], loss_fn: LossFn | None, method: str, pad_multiple: int
+) -> _Computer:
+    """The per-example gradient computer of ``method``; ``"auto"``: hooks where they apply, else vmap/loop."""
+    if method in ("auto", "hooks"):
+        try:
+            return _HookComputer(model, params, loss_fn, pad_multiple)
+        except _Unsupported as err:
+            if method == "hooks":
+                raise ValueError(f"parameter 'method'='hooks' does not apply: {err}; use 'auto' or 'vmap'") from None
+    return _GradComputer(model, params, loss_fn, method, pad_multiple)
+
+
 def _collect(
-    computer: _GradComputer, ex: Examples, batch_size: int, projector: GaussianProjector | None, bar: tqdm
+    computer: _Computer, ex: Examples, batch_size: int, projector: GaussianProjector | None, bar: tqdm
 ) -> tuple[_Grads, Tensor]:
     """Gradients of all of ``ex`` in bucket order, and that order (input indices)."""
     parts = list(_iter_grads(computer, ex, batch_size, projector, bar))
@@ -553,10 +923,22 @@ def per_example_grads(
     """
     ex = as_examples(data, "data")
     dev = _check_common("none", batch_size, method, pad_multiple, device)
+    out = torch.empty(0)
     with _on_device(model, dev), tqdm(total=len(ex), desc="per-example grads", disable=not progress) as bar:
-        computer = _GradComputer(model, params, loss_fn, method, pad_multiple)
-        grads, order = _collect(computer, ex, batch_size, projector, bar)
-        return grads.to_dense().cpu()[torch.argsort(order)]
+        computer = _computer(model, params, loss_fn, method, pad_multiple)
+        width = projector.dim if projector is not None else sum(int(np.prod(s)) for s in computer.shapes)
+        for idx, g in _iter_grads(computer, ex, batch_size, projector, bar, reuse=True):
+            if not out.numel():
+                out = torch.empty(len(ex), width, dtype=g.dtype)
+            lo, hi = int(idx[0]), int(idx[-1]) + 1
+            if hi - lo == len(idx) and bool((idx.diff() == 1).all()):  # consecutive rows: write in place
+                if g.device.type == "cpu":
+                    g.write_rows(out[lo:hi])
+                else:
+                    out[lo:hi].copy_(g.to_dense())
+            else:
+                out[idx] = g.to_dense().cpu()
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ TracIn
@@ -672,7 +1054,7 @@ def tracin(
     per_epoch = train_norms = test_norms = torch.empty(0)
     with tqdm(total=n_e * (n_test + n_train), desc="TracIn", disable=not progress) as bar:
         for e, model in enumerate(_models(items, load_fn, dev)):
-            computer = _GradComputer(model, params, loss_fn, method, pad_multiple)
+            computer = _computer(model, params, loss_fn, method, pad_multiple)
             test_g, test_order = _collect(computer, test_ex, batch_size, projector, bar)
             t_norms_dev = test_g.sq_norms().sqrt()
             t_norms = t_norms_dev.cpu()
@@ -681,7 +1063,7 @@ def tracin(
                 train_norms = torch.empty(n_e, n_train, dtype=t_norms.dtype)
                 test_norms = torch.empty(n_e, n_test, dtype=t_norms.dtype)
             scores = torch.empty(n_test, n_train, dtype=t_norms.dtype)  # rows in test_order
-            for idx, g in _iter_grads(computer, train_ex, batch_size, projector, bar):
+            for idx, g in _iter_grads(computer, train_ex, batch_size, projector, bar, reuse=True):
                 norms = g.sq_norms().sqrt()
                 scores[:, idx] = (weights[e] * _normalise(test_g.dots(g), t_norms_dev, norms, normalize)).cpu()
                 train_norms[e, idx] = norms.cpu()
@@ -718,8 +1100,8 @@ def self_influence(
     out = torch.zeros(len(ex), dtype=torch.float64)
     with tqdm(total=len(items) * len(ex), desc="self-influence", disable=not progress) as bar:
         for e, model in enumerate(_models(items, load_fn, dev)):
-            computer = _GradComputer(model, params, loss_fn, method, pad_multiple)
-            for idx, g in _iter_grads(computer, ex, batch_size, projector, bar):
+            computer = _computer(model, params, loss_fn, method, pad_multiple)
+            for idx, g in _iter_grads(computer, ex, batch_size, projector, bar, reuse=True):
                 sq = g.sq_norms().double().cpu()
                 term = {"none": sq, "train_only": sq.sqrt(), "cosine": (sq > 0).double()}[normalize]
                 out[idx] += weights[e] * term
