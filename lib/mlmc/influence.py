@@ -27,6 +27,7 @@ vocabularies cost neither memory nor time; dot products with it are exact.
 from __future__ import annotations
 
 import contextlib
+import copy
 import fnmatch
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -49,6 +50,7 @@ METHODS = ("auto", "hooks", "vmap", "loop")
 PARAM_PRESETS = ("all", "no_word_embeddings")
 PROJECTIONS = ("kronecker", "dense")
 DEVICES = ("cpu", "cuda")
+DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 Checkpoint = str | Path | nn.Module
 LossFn = Callable[[Any, Tensor], Tensor]
@@ -291,16 +293,13 @@ class _Grads:
     """Per-example gradients of a batch: ``dense`` blocks ``[B, p_k]`` in parameter order, and, when the input
     word embeddings are selected, their gradient kept sparse: the gradient ``h [B, L, d]`` at the embedding
     output and the token ``ids [B, L]`` (-1 = ignore). Row ``v`` of the dense embedding gradient is the sum of
-    ``h`` over the positions holding token ``v``, so dot products only need pairs of positions with equal ids.
-    ``packed``: if set, one ``[B, sum p_k]`` matrix whose column slices are the ``dense`` blocks (one GEMM for
-    the dot products instead of one per parameter)."""
+    ``h`` over the positions holding token ``v``, so dot products only need pairs of positions with equal ids."""
 
     dense: list[Tensor]
     ids: Tensor | None = None
     h: Tensor | None = None
     emb_slot: int = 0
     vocab: int = 0
-    packed: Tensor | None = None
     _vocab_map: tuple[Tensor, Tensor] | None = field(default=None, init=False, repr=False)
 
     def __len__(self) -> int:
@@ -309,22 +308,18 @@ class _Grads:
     @staticmethod
     def cat(parts: list[_Grads]) -> _Grads:
         """Stack batches (ids and ``h`` padded to the longest sequence)."""
-        first, packed = parts[0], None
-        if all(p.packed is not None for p in parts):
-            packed = torch.cat([p.packed for p in parts])
-            dense = _columns_of(packed, [b.shape[1] for b in first.dense])
-        else:
-            dense = [torch.cat(col) for col in zip(*(p.dense for p in parts), strict=True)]
+        first = parts[0]
+        dense = [torch.cat(col) for col in zip(*(p.dense for p in parts), strict=True)]
         if first.h is None:
-            return _Grads(dense, packed=packed)
+            return _Grads(dense)
         length = max(p.ids.shape[1] for p in parts)
         ids = torch.cat([nn.functional.pad(p.ids, (0, length - p.ids.shape[1]), value=-1) for p in parts])
         h = torch.cat([nn.functional.pad(p.h, (0, 0, 0, length - p.h.shape[1])) for p in parts])
-        return _Grads(dense, ids, h, first.emb_slot, first.vocab, packed)
+        return _Grads(dense, ids, h, first.emb_slot, first.vocab)
 
     def sq_norms(self) -> Tensor:
         sq = torch.zeros(len(self), dtype=self.dtype, device=self.device)
-        for b in [self.packed] if self.packed is not None else self.dense:
+        for b in self.dense:
             sq += torch.linalg.vector_norm(b, dim=1).square()
         if self.h is not None:
             same = (self.ids[:, :, None] == self.ids[:, None, :]) & (self.ids >= 0)[:, :, None]
@@ -335,15 +330,19 @@ class _Grads:
         """``[len(self), len(other)]`` inner products of the full flattened gradients. The embedding part only
         needs the rows of tokens that occur in ``self``: ``other`` is compacted onto ``self``'s vocabulary."""
         out = torch.zeros(len(self), len(other), dtype=self.dtype, device=self.device)
-        if self.packed is not None and other.packed is not None:
-            out.addmm_(self.packed, other.packed.T)
-        else:
-            for a, b in zip(self.dense, other.dense, strict=True):
-                out.addmm_(a, b.T)
-        if self.h is not None:
+        for a, b in zip(self.dense, other.dense, strict=True):
+            out.addmm_(a, b.T)
+        if self.h is not None:  # other's positions as a sparse [len(other), rows * d] matrix times mine^T
             lookup, mine = self._compact()
-            theirs = _scatter_rows(other.h, other._rows(lookup), mine.shape[1] // self.h.shape[2])
-            out.addmm_(mine, theirs.T)
+            rows = other._rows(lookup)
+            keep = rows >= 0
+            d = self.h.shape[2]
+            example = torch.arange(len(other), device=rows.device)[:, None].expand_as(rows)[keep]
+            cols = (rows[keep] * d)[:, None] + torch.arange(d, device=rows.device)
+            index = torch.stack([example[:, None].expand_as(cols).reshape(-1), cols.reshape(-1)])
+            size = (len(other), mine.shape[1])
+            theirs = torch.sparse_coo_tensor(index, other.h[keep].reshape(-1), size, check_invariants=False)
+            out += torch.sparse.mm(theirs, mine.T).T
         return out
 
     def to_dense(self) -> Tensor:
@@ -399,12 +398,6 @@ class _Grads:
     @property
     def device(self) -> torch.device:
         return (self.dense[0] if self.dense else self.h).device
-
-
-def _columns_of(packed: Tensor, widths: list[int]) -> list[Tensor]:
-    """Column slices of ``packed`` of the given widths, in order (views)."""
-    starts = np.cumsum([0, *widths])
-    return [packed[:, int(a) : int(b)] for a, b in zip(starts[:-1], starts[1:], strict=True)]
 
 
 def _scatter_rows(h: Tensor, rows: Tensor, n_rows: int) -> Tensor:
@@ -480,12 +473,12 @@ class _GradComputer:
         return self.loss_fn(out, y.unsqueeze(0))
 
     def _grads(self, g_sel: dict[str, Tensor], g_delta: Tensor | None, ids: Tensor) -> _Grads:
-        dense = [g_sel[k].reshape(len(ids), -1) for k in self.sel]
+        dense = [_up(g_sel[k].reshape(len(ids), -1)) for k in self.sel]
         if self.emb is None:
             return _Grads(dense)
         if self.emb.padding_idx is not None:  # the lookup gives no gradient to the padding row
             ids = ids.masked_fill(ids == self.emb.padding_idx, -1)
-        return _Grads(dense, ids, g_delta, self.emb_slot, self.emb.num_embeddings)
+        return _Grads(dense, ids, _up(g_delta), self.emb_slot, self.emb.num_embeddings)
 
     def _vmap(self, xs: list[Tensor], y: Tensor) -> _Grads:
         length = max(len(x) for x in xs)
@@ -589,10 +582,6 @@ class _Capture:
             out.append(("vector" if len(shapes[k]) < 2 else "matrix", k, data) if kind == "dense" else (kind, k, data))
         return out
 
-    def dense_width(self) -> int:
-        """Columns of the materialised gradient outside the sparse word-embedding slot."""
-        return sum(self._width(k) for k in range(len(self.slots)) if k != self.emb_slot)
-
     def _width(self, k: int) -> int:
         kind, data = self.slots[k]
         if kind == "dense":
@@ -601,30 +590,41 @@ class _Capture:
             return data[0][0].shape[2] * data[0][1].shape[2]
         return data[2] * data[1].shape[2]
 
-    def grads(self, packed: Tensor | None = None) -> _Grads:
-        """The materialised gradients, written into ``packed`` (``[B, dense_width]``, e.g. a reused buffer;
-        default: a new one): Linear weights as batched outer products written in place, embeddings other than
-        the word embeddings scattered to dense rows; the word embeddings stay sparse."""
-        if packed is None:
-            packed = torch.empty(self.n, self.dense_width(), dtype=self.dtype, device=self.device)
-        slots = [k for k in range(len(self.slots)) if k != self.emb_slot]
-        dense = _columns_of(packed, [self._width(k) for k in slots])
-        for k, block in zip(slots, dense, strict=True):
-            kind, data = self.slots[k]
-            if kind == "dense":
-                block.copy_(data)
-            elif kind == "factors":
-                (g0, a0), *more = data
-                view = block.unflatten(1, (g0.shape[2], a0.shape[2]))
-                torch.bmm(g0.transpose(1, 2), a0, out=view)
-                for g, a in more:
-                    view.baddbmm_(g.transpose(1, 2), a)
-            else:
-                _scatter_into(block.unflatten(1, (data[2], data[1].shape[2])), data[1], data[0])
+    def _fill(self, k: int, block: Tensor) -> None:
+        """Write slot ``k``'s materialised gradient into ``block`` ([B, p_k], may be a strided view): a Linear
+        weight as a batched outer product written in place, an embedding scattered to its rows."""
+        kind, data = self.slots[k]
+        if kind == "dense":
+            block.copy_(data)
+        elif kind == "factors":
+            (g0, a0), *more = data
+            view = block.unflatten(1, (g0.shape[2], a0.shape[2]))
+            torch.bmm(g0.transpose(1, 2), a0, out=view)
+            for g, a in more:
+                view.baddbmm_(g.transpose(1, 2), a)
+        else:
+            _scatter_into(block.unflatten(1, (data[2], data[1].shape[2])), data[1], data[0])
+
+    def grads(self) -> _Grads:
+        """The materialised gradients (one block per parameter); the word embeddings stay sparse."""
+        dense = []
+        for k in range(len(self.slots)):
+            if k != self.emb_slot:
+                dense.append(torch.empty(self.n, self._width(k), dtype=self.dtype, device=self.device))
+                self._fill(k, dense[-1])
         if self.emb_slot is None:
-            return _Grads(dense, packed=packed)
+            return _Grads(dense)
         ids, h, vocab = self.slots[self.emb_slot][1]
-        return _Grads(dense, ids, h, self.emb_slot, vocab, packed)
+        return _Grads(dense, ids, h, self.emb_slot, vocab)
+
+    def write_rows(self, out: Tensor) -> Tensor:
+        """Write the full flattened gradients into ``out`` ([B, p], e.g. rows of a larger result) and return it."""
+        start = 0
+        for k in range(len(self.slots)):
+            width = self._width(k)
+            self._fill(k, out[:, start : start + width])
+            start += width
+        return out
 
     def to_dense(self) -> Tensor:
         return self.grads().to_dense()
@@ -666,32 +666,35 @@ class _HookComputer:
             for attr, p in mod.named_parameters(recurse=False):
                 if all(m is not mod for _, m, _ in owners.get(id(p), [])):
                     owners.setdefault(id(p), []).append((mname, mod, attr))
-        self.plan: list[tuple[str, nn.Module | None, str]] = []
+        self.plan: list[tuple[str, tuple[nn.Module, ...], str]] = []
         rest = []
         for name, p in selected.items():
             own = owners.get(id(p), [])
-            mname, mod, attr = own[0] if len(own) == 1 else ("", None, "")
-            if mod is None or mname.rsplit(".", 1)[-1] in _SHARED_LOOKUPS:
+            mods, attr = tuple(m for _, m, _ in own), own[0][2] if own else ""
+            if not own or any(mname.rsplit(".", 1)[-1] in _SHARED_LOOKUPS for mname, _, _ in own):
                 kind = "rest"
-            elif isinstance(mod, nn.Linear):
+            elif all(isinstance(m, nn.Linear) for m in mods):  # several: tied layers, their calls add up
                 kind = "factors" if attr == "weight" else "bias"
-            elif isinstance(mod, nn.Embedding) and mod.max_norm is None:
+            elif all(isinstance(m, nn.Embedding) and m.max_norm is None and m.padding_idx == mods[0].padding_idx
+                     for m in mods):  # fmt: skip  # several: tied lookups (T5's encoder and decoder)
                 kind = "sparse"
             else:
-                kind = "module" if next(mod.children(), None) is None else "rest"
-            self.plan.append((kind, mod, attr))
+                kind = "module" if len(mods) == 1 and next(mods[0].children(), None) is None else "rest"
+            self.plan.append((kind, mods, attr))
             if kind == "rest":
                 rest.append(name)
         self.rest = _GradComputer(model, rest, None, "auto", pad_multiple) if rest else None
         emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-        self.emb_slot = next((k for k, (kind, mod, _) in enumerate(self.plan) if kind == "sparse" and mod is emb), None)
+        self.emb_slot = next(
+            (k for k, (kind, mods, _) in enumerate(self.plan) if kind == "sparse" and any(m is emb for m in mods)), None
+        )
         cfg = getattr(model, "config", None)
         paddable = getattr(cfg, "model_type", None) in _HOOK_PADDABLE and pad_multiple > 1
         if self.rest is not None:  # share the fallback's buckets
             paddable = paddable and self.rest.pad_id is not None
         self.pad_id = getattr(cfg, "pad_token_id", None) if paddable else None
         self.multiple = pad_multiple if self.pad_id is not None else None
-        self.modules = list({id(m): m for kind, m, _ in self.plan if kind != "rest"}.values())
+        self.modules = list({id(m): m for kind, mods, _ in self.plan if kind != "rest" for m in mods}.values())
         self.dtype = next(iter(selected.values())).dtype
         self.device = next(iter(selected.values())).device
         self.fallback: _GradComputer | None = None
@@ -700,7 +703,8 @@ class _HookComputer:
         if self.fallback is not None:
             return self.fallback(xs, y)
         try:
-            return self._capture([x.to(self.device) for x in xs], y.to(self.device))
+            with torch.enable_grad():  # callers may run under no_grad
+                return self._capture([x.to(self.device) for x in xs], y.to(self.device))
         except (_Unsupported, RuntimeError, NotImplementedError) as err:
             warnings.warn(f"batched per-example gradients failed ({err}); using torch.func", stacklevel=3)
             self.fallback = _GradComputer(self.model, self.params, None, "auto", self.pad_multiple)
@@ -732,8 +736,7 @@ class _HookComputer:
 
         handles = [m.register_forward_hook(record) for m in self.modules]
         try:
-            with torch.enable_grad():
-                out = self.model(x, **kwargs)
+            out = self.model(x, **kwargs)
         finally:
             for h in handles:
                 h.remove()
@@ -749,34 +752,35 @@ class _HookComputer:
         seen = {
             id(m): [(a, o, next(grads)) for a, o in calls[id(m)]] for m in self.modules
         }  # (input, output, grad at output) per call
-        up = self.dtype in (torch.float16, torch.bfloat16)
         slots: list[tuple[str, Any]] = []
         module_grads: dict[int, dict[str, Tensor]] = {}
         rest = iter(self.rest(xs, y).dense) if self.rest is not None else None
-        for kind, mod, attr in self.plan:
+        for k, (kind, mods, attr) in enumerate(self.plan):
             if kind == "rest":
                 slots.append(("dense", next(rest)))
                 continue
-            recs = [(a, o, torch.zeros_like(o) if g is None else g) for a, o, g in seen[id(mod)]]
-            if not recs:
-                raise _Unsupported(f"{type(mod).__name__} was not called in the forward pass")
-            if kind == "factors":
+            recs = [(a, o, torch.zeros_like(o) if g is None else g) for m in mods for a, o, g in seen[id(m)]]
+            mod = mods[0]
+            if not recs:  # never called: a zero gradient
+                slots.append(
+                    ("dense", torch.zeros(n, int(np.prod(self.shapes[k])), dtype=loss.dtype, device=self.device))
+                )
+            elif kind == "factors":
                 pairs = [(_by_example(g, n, keep), _by_example(a, n, keep)) for a, _, g in recs]
-                slots.append(("factors", [(g.float(), a.float()) if up else (g, a) for g, a in pairs]))
+                slots.append(("factors", [(_up(g), _up(a)) for g, a in pairs]))
             elif kind == "bias":
                 block = sum(_by_example(g, n, keep).sum(1) for _, _, g in recs)
-                slots.append(("dense", block.float() if up else block))
+                slots.append(("dense", _up(block)))
             elif kind == "sparse":
-                slots.append(("sparse", self._sparse(mod, recs, n, keep, up)))
+                slots.append(("sparse", self._sparse(mod, recs, n, keep)))
             else:
                 if id(mod) not in module_grads:
                     module_grads[id(mod)] = _module_grads(mod, recs, n, keep)
-                block = module_grads[id(mod)][attr]
-                slots.append(("dense", block.float() if up else block))
+                slots.append(("dense", _up(module_grads[id(mod)][attr])))
         return _Capture(slots, self.emb_slot, n)
 
     @staticmethod
-    def _sparse(mod: nn.Embedding, recs: list, n: int, keep: Tensor | None, up: bool) -> tuple[Tensor, Tensor, int]:
+    def _sparse(mod: nn.Embedding, recs: list, n: int, keep: Tensor | None) -> tuple[Tensor, Tensor, int]:
         ids, hs = [], []
         for a, _, g in recs:
             i = a.reshape(n, -1)
@@ -786,8 +790,7 @@ class _HookComputer:
                 i = i.masked_fill(i == mod.padding_idx, -1)
             ids.append(i)
             hs.append(g.reshape(n, i.shape[1], -1))
-        h = torch.cat(hs, dim=1)
-        return torch.cat(ids, dim=1), h.float() if up else h, mod.num_embeddings
+        return torch.cat(ids, dim=1), _up(torch.cat(hs, dim=1)), mod.num_embeddings
 
 
 def _module_grads(mod: nn.Module, recs: list, n: int, keep: Tensor | None) -> dict[str, Tensor]:
@@ -803,8 +806,9 @@ def _module_grads(mod: nn.Module, recs: list, n: int, keep: Tensor | None) -> di
     for a, _, g in recs:
         if a.shape[0] != n:
             raise _Unsupported(f"{type(mod).__name__} saw a batch of {a.shape[0]} rows for {n} examples")
-        if keep is not None and a.ndim == 3 and a.shape[1] == keep.shape[1]:
-            a, g = a.masked_fill(~keep[:, :, None], 0), g.masked_fill(~keep[:, :, None], 0)
+        if keep is not None and a.ndim == 3 and a.shape[1] == keep.shape[1]:  # padded positions: zero cotangent
+            pad = ~keep[:, :, None]  # and the input of position 0 (a zero input can make a norm divide by 0)
+            a, g = torch.where(pad, a[:, :1], a), g.masked_fill(pad, 0)
         with torch.enable_grad():
             got = vmap(one)(a.detach(), g)
         for k, v in got.items():
@@ -821,22 +825,17 @@ def _iter_grads(
     batch_size: int,
     projector: GaussianProjector | None,
     bar: tqdm,
-    reuse: bool = False,
-) -> Iterator[tuple[Tensor, _Grads]]:
+    raw: bool = False,
+) -> Iterator[tuple[Tensor, _Grads | _Capture]]:
     """Yield ``(indices, gradients)`` per length bucket; a projector maps the gradients to ``[B, dim]``.
-    ``reuse``: the caller is done with each batch before asking for the next, so the gradients of every batch
-    may be written into the same buffer."""
-    buffer = torch.empty(0)
-    with _grad_mode(computer.model, computer.method != "loop"):
+    ``raw``: hook-path batches come as :class:`_Capture` (not materialised)."""
+    with _grad_mode(computer.model, computer.method in ("auto", "vmap")):
         for idx in _buckets(ex, batch_size, computer.multiple):
             g = computer([ex.inputs[i] for i in idx.tolist()], ex.labels[idx])
             if projector is not None:
                 g = _Grads([projector.project(g, computer.shapes)])
-            elif isinstance(g, _Capture):  # streamed batches reuse one buffer (fresh pages are slow to touch)
-                need = len(idx) * g.dense_width()
-                if not reuse or buffer.numel() < need or buffer.dtype != g.dtype or buffer.device != g.device:
-                    buffer = torch.empty(need, dtype=g.dtype, device=g.device)
-                g = g.grads(buffer[:need].view(len(idx), -1))
+            elif isinstance(g, _Capture) and not raw:
+                g = g.grads()
             yield idx, g
             bar.update(len(idx))
 
@@ -880,24 +879,35 @@ def _check_device(device: str | torch.device) -> torch.device:
 
 
 @contextlib.contextmanager
-def _on_device(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
-    """The model moved to ``device``, and back to where it was afterwards (the caller's model is left as found)."""
-    home = next(model.parameters()).device
+def _on_device(model: nn.Module, device: torch.device, dtype: torch.dtype | None = None) -> Iterator[nn.Module]:
+    """The model moved to ``device``, and back to where it was afterwards (the caller's model is left as found);
+    for another ``dtype``, a cast copy on ``device`` (casting back would lose the caller's precision)."""
+    home = next(model.parameters())
+    if dtype is not None and dtype != home.dtype:
+        yield copy.deepcopy(model).to(device, dtype)
+        return
     model.to(device)
     try:
         yield model
     finally:
-        model.to(home)
+        model.to(home.device)
+
+
+def _up(t: Tensor | None) -> Tensor | None:
+    """Half-precision gradients in float32 for projection and scoring (the passes themselves stay in half)."""
+    return t.float() if t is not None and t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def _check_common(
-    normalize: str, batch_size: int, method: str, pad_multiple: int, device: str | torch.device
-) -> torch.device:
+    normalize: str, batch_size: int, method: str, pad_multiple: int, device: str | torch.device, dtype: str | None
+) -> tuple[torch.device, torch.dtype | None]:
     check_choice("normalize", normalize, NORMALIZE)
     check_int("batch_size", batch_size, 1)
     check_choice("method", method, METHODS)
     check_int("pad_multiple", pad_multiple, 0)
-    return _check_device(device)
+    if dtype is not None:
+        check_choice("dtype", dtype, tuple(DTYPES))
+    return _check_device(device), None if dtype is None else DTYPES[dtype]
 
 
 def per_example_grads(
@@ -912,22 +922,28 @@ def per_example_grads(
     pad_multiple: int = 8,
     progress: bool = False,
     device: str | torch.device = "cpu",
+    dtype: str | None = None,
 ) -> Tensor:
     """Flattened loss gradients ``[n, p]`` (or ``[n, projector.dim]``) of every example, in input order.
 
-    ``params``: see :func:`select_params` (columns follow its order). ``method``: ``"vmap"``, ``"loop"`` or
-    ``"auto"`` (vmap, falling back to the loop if the model cannot be vmapped). ``pad_multiple``: for XLM-R,
-    RoBERTa and BERT, vmap buckets hold lengths rounded up to this multiple, padded and masked (exact, fewer and
-    larger buckets); 0 or 1 keeps exact-length buckets, as for every other model. ``device``: where gradients are
-    computed (the model is moved there and back); the result is on the CPU. Used by chapters 01, 03, 05.
+    ``params``: see :func:`select_params` (columns follow its order). ``method``: ``"hooks"`` (one batched
+    forward and backward pass per bucket, Linear gradients from their factors; the default loss only),
+    ``"vmap"``, ``"loop"`` or ``"auto"`` (hooks where they apply, else vmap, falling back to the loop if the
+    model cannot be vmapped). ``pad_multiple``: buckets hold lengths rounded up to this multiple, right-padded
+    and masked (exact, fewer and larger buckets), for XLM-R, RoBERTa and BERT, and with hooks also T5 and Llama;
+    0 or 1 keeps exact-length buckets, as for every other model. ``device``: where gradients are computed (the
+    model is moved there and back); the result is on the CPU. ``dtype``: ``"bfloat16"`` / ``"float16"`` (for
+    GPUs), ``"float32"`` or ``"float64"`` runs the passes on a cast copy of the model; half-precision gradients
+    are projected and scored in float32. Used by chapters 01, 03, 05.
     """
     ex = as_examples(data, "data")
-    dev = _check_common("none", batch_size, method, pad_multiple, device)
+    dev, dt = _check_common("none", batch_size, method, pad_multiple, device, dtype)
     out = torch.empty(0)
-    with _on_device(model, dev), tqdm(total=len(ex), desc="per-example grads", disable=not progress) as bar:
-        computer = _computer(model, params, loss_fn, method, pad_multiple)
+    bar = tqdm(total=len(ex), desc="per-example grads", disable=not progress)
+    with _on_device(model, dev, dt) as on_dev, bar:
+        computer = _computer(on_dev, params, loss_fn, method, pad_multiple)
         width = projector.dim if projector is not None else sum(int(np.prod(s)) for s in computer.shapes)
-        for idx, g in _iter_grads(computer, ex, batch_size, projector, bar, reuse=True):
+        for idx, g in _iter_grads(computer, ex, batch_size, projector, bar, raw=True):
             if not out.numel():
                 out = torch.empty(len(ex), width, dtype=g.dtype)
             lo, hi = int(idx[0]), int(idx[-1]) + 1
@@ -1008,15 +1024,18 @@ def _weights(lr_weights: Sequence[float] | None, n: int) -> list[float]:
 
 
 def _models(
-    items: list[Checkpoint], load_fn: Callable[[Path], nn.Module] | None, device: torch.device
+    items: list[Checkpoint],
+    load_fn: Callable[[Path], nn.Module] | None,
+    device: torch.device,
+    dtype: torch.dtype | None,
 ) -> Iterator[nn.Module]:
-    """The checkpoints one at a time on ``device``; models passed in go back to their device afterwards."""
+    """The checkpoints one at a time on ``device`` (in ``dtype``, if given); models passed in are left as found."""
     for c in items:
         if isinstance(c, nn.Module):
-            with _on_device(c, device) as model:
+            with _on_device(c, device, dtype) as model:
                 yield model
         else:
-            yield (load_fn or load_checkpoint)(Path(c)).to(device)
+            yield (load_fn or load_checkpoint)(Path(c)).to(device, dtype)
 
 
 def tracin(
@@ -1035,6 +1054,7 @@ def tracin(
     load_fn: Callable[[Path], nn.Module] | None = None,
     progress: bool = True,
     device: str | torch.device = "cpu",
+    dtype: str | None = None,
 ) -> Influence:
     """TracIn influence of every training example on every test example, per checkpoint (chapters 01, 03, 05).
 
@@ -1043,17 +1063,18 @@ def tracin(
     ``"train_only"`` (divide by ``||g(z)||``) or ``"none"`` (dot). ``lr_weights``: one positive weight per
     checkpoint (TracInCP's learning rates); default 1. Test gradients are held in memory, training gradients are
     streamed in length buckets of ``batch_size``; ``projector`` maps both to ``projector.dim`` first.
-    ``method``, ``pad_multiple`` and ``device``: as in :func:`per_example_grads` (test gradients stay on the
-    device; scores and norms come back to the CPU).
+    ``method``, ``pad_multiple``, ``device`` and ``dtype``: as in :func:`per_example_grads` (test gradients stay
+    on the device; scores and norms come back to the CPU). Memory: the test gradients (or sketches) plus one
+    training batch; no ``n_train x p`` matrix is ever held.
     """
-    dev = _check_common(normalize, batch_size, method, pad_multiple, device)
+    dev, dt = _check_common(normalize, batch_size, method, pad_multiple, device, dtype)
     items = _checkpoint_list(checkpoints)
     weights = _weights(lr_weights, len(items))
     train_ex, test_ex = as_examples(train, "train"), as_examples(test, "test")
     n_e, n_test, n_train = len(items), len(test_ex), len(train_ex)
     per_epoch = train_norms = test_norms = torch.empty(0)
     with tqdm(total=n_e * (n_test + n_train), desc="TracIn", disable=not progress) as bar:
-        for e, model in enumerate(_models(items, load_fn, dev)):
+        for e, model in enumerate(_models(items, load_fn, dev, dt)):
             computer = _computer(model, params, loss_fn, method, pad_multiple)
             test_g, test_order = _collect(computer, test_ex, batch_size, projector, bar)
             t_norms_dev = test_g.sq_norms().sqrt()
@@ -1063,7 +1084,13 @@ def tracin(
                 train_norms = torch.empty(n_e, n_train, dtype=t_norms.dtype)
                 test_norms = torch.empty(n_e, n_test, dtype=t_norms.dtype)
             scores = torch.empty(n_test, n_train, dtype=t_norms.dtype)  # rows in test_order
-            for idx, g in _iter_grads(computer, train_ex, batch_size, projector, bar, reuse=True):
+            for idx, g in _iter_grads(
+                computer,
+                train_ex,
+                batch_size,
+                projector,
+                bar,
+            ):
                 norms = g.sq_norms().sqrt()
                 scores[:, idx] = (weights[e] * _normalise(test_g.dots(g), t_norms_dev, norms, normalize)).cpu()
                 train_norms[e, idx] = norms.cpu()
@@ -1087,21 +1114,28 @@ def self_influence(
     load_fn: Callable[[Path], nn.Module] | None = None,
     progress: bool = True,
     device: str | torch.device = "cpu",
+    dtype: str | None = None,
 ) -> Tensor:
     """TracIn score of every example on itself, summed over checkpoints, ``[n]`` (outliers, mislabelled rows).
 
     ``"none"``: ``sum_e w_e ||g_e||^2`` (captum's ``self_influence``); ``"train_only"``: ``sum_e w_e ||g_e||``;
     ``"cosine"``: ``sum_e w_e`` over checkpoints with a non-zero gradient. Arguments as in :func:`tracin`.
     """
-    dev = _check_common(normalize, batch_size, method, pad_multiple, device)
+    dev, dt = _check_common(normalize, batch_size, method, pad_multiple, device, dtype)
     items = _checkpoint_list(checkpoints)
     weights = _weights(lr_weights, len(items))
     ex = as_examples(data, "data")
     out = torch.zeros(len(ex), dtype=torch.float64)
     with tqdm(total=len(items) * len(ex), desc="self-influence", disable=not progress) as bar:
-        for e, model in enumerate(_models(items, load_fn, dev)):
+        for e, model in enumerate(_models(items, load_fn, dev, dt)):
             computer = _computer(model, params, loss_fn, method, pad_multiple)
-            for idx, g in _iter_grads(computer, ex, batch_size, projector, bar, reuse=True):
+            for idx, g in _iter_grads(
+                computer,
+                ex,
+                batch_size,
+                projector,
+                bar,
+            ):
                 sq = g.sq_norms().double().cpu()
                 term = {"none": sq, "train_only": sq.sqrt(), "cosine": (sq > 0).double()}[normalize]
                 out[idx] += weights[e] * term
