@@ -553,13 +553,18 @@ def test_factorised_path_equals_the_exact_one_on_four_families(kind):
 
 
 @pytest.mark.parametrize("kind", ["xlmr", "llama"])
-def test_factorised_tracin_and_projection_equal_the_exact_ones(kind):
+def test_factorised_tracin_and_projection_equal_the_exact_ones(kind, monkeypatch):
+    import mlmc.influence
+
     model, train, test = arch_model(kind), arch_examples(kind, 12, 1), arch_examples(kind, 5, 2)
     g_train, g_test = manual_grads(model, train), manual_grads(model, test)
-    for normalize in ("none", "cosine"):
-        got = tracin(model, train, test, normalize=normalize, method="hooks", batch_size=5, progress=False)
-        ref = pairwise_scores(g_test, g_train, normalize)
-        assert rel_err(got.total, ref) <= 1e-5
+    for ghost_entries in (2**28, 0):  # 0: test gradients kept as factors, scored by ghost dot products
+        monkeypatch.setattr(mlmc.influence, "_GHOST_ENTRIES", ghost_entries)
+        for normalize in ("none", "cosine"):
+            got = tracin(model, train, test, normalize=normalize, method="hooks", batch_size=5, progress=False)
+            ref = pairwise_scores(g_test, g_train, normalize)
+            assert rel_err(got.total, ref) <= 1e-5
+            assert rel_err(got.train_norms[0], g_train.norm(dim=1)) <= 1e-5
     torch.testing.assert_close(self_influence(model, train, method="hooks", progress=False),
                                g_train.square().sum(1).double(), rtol=1e-5, atol=0)  # fmt: skip
     proj = GaussianProjector(12, seed=5)  # factors 3 x 4: Linear weights projected from their factors

@@ -629,6 +629,62 @@ class _Capture:
     def to_dense(self) -> Tensor:
         return self.grads().to_dense()
 
+    def sq_norms(self) -> Tensor:
+        """Squared gradient norms from the factors: ``sum_{l,m} (g_l . g_m)(a_l . a_m)`` per Linear weight."""
+        sq = torch.zeros(self.n, dtype=self.dtype, device=self.device)
+        for kind, data in self.slots:
+            if kind == "dense":
+                sq += data.square().sum(1)
+            elif kind == "factors":
+                for g1, a1 in data:
+                    for g2, a2 in data:
+                        sq += (torch.bmm(g1, g2.transpose(1, 2)) * torch.bmm(a1, a2.transpose(1, 2))).sum((1, 2))
+            else:
+                ids, h, _ = data
+                same = (ids[:, :, None] == ids[:, None, :]) & (ids >= 0)[:, :, None]
+                sq += (torch.bmm(h, h.transpose(1, 2)) * same).sum((1, 2))
+        return sq
+
+    def dots(self, other: _Capture) -> Tensor:
+        """``[len(self), len(other)]`` exact inner products from the factors, never forming a gradient ("ghost"
+        dot products): ``<G_i, G_j> = sum_{l,m} (g_il . g_jm)(a_il . a_jm)`` per Linear weight, pairs of positions
+        with equal ids for embeddings. Costs ``L_i L_j (in + out)`` per pair and layer instead of ``in * out``: the
+        choice for large layers and short sequences (XLM-R base without projection)."""
+        out = torch.zeros(self.n, other.n, dtype=self.dtype, device=self.device)
+        for (kind, mine), (_, theirs) in zip(self.slots, other.slots, strict=True):
+            if kind == "dense":
+                out.addmm_(mine, theirs.T)
+            elif kind == "factors":
+                for g1, a1 in mine:
+                    for g2, a2 in theirs:
+                        out += (_pair_products(g1, g2) * _pair_products(a1, a2)).sum((2, 3))
+            else:
+                (i1, h1, _), (i2, h2, _) = mine, theirs
+                same = (i1[:, None, :, None] == i2[None, :, None, :]) & (i1 >= 0)[:, None, :, None]
+                out += (_pair_products(h1, h2) * same).sum((2, 3))
+        return out
+
+
+def _pair_products(x: Tensor, y: Tensor) -> Tensor:
+    """``[n_x, n_y, L_x, L_y]`` dot products of every position of ``x`` ([n_x, L_x, k]) with every one of ``y``."""
+    (nx, lx, k), (ny, ly, _) = x.shape, y.shape
+    return (x.reshape(nx * lx, k) @ y.reshape(ny * ly, k).T).reshape(nx, lx, ny, ly).transpose(1, 2)
+
+
+class _GhostSet:
+    """Test gradients kept as :class:`_Capture` factors (one per bucket), for exact TracIn without forming them."""
+
+    def __init__(self, parts: list[_Capture]) -> None:
+        self.parts = parts
+
+    def sq_norms(self) -> Tensor:
+        return torch.cat([p.sq_norms() for p in self.parts])
+
+    def dots(self, other: _Capture | _Grads) -> Tensor:
+        if not isinstance(other, _Capture):
+            raise RuntimeError("ghost TracIn needs factorised training gradients; pass method='vmap'")
+        return torch.cat([p.dots(other) for p in self.parts])
+
 
 def _by_example(t: Tensor, n: int, keep: Tensor | None) -> Tensor:
     """``t`` as ``[n, positions, features]``; positions past an example's length (``keep`` False) set to 0."""
@@ -817,6 +873,7 @@ def _module_grads(mod: nn.Module, recs: list, n: int, keep: Tensor | None) -> di
 
 
 _Computer = _HookComputer | _GradComputer
+_GHOST_ENTRIES = 2**28  # n_test x p beyond which tracin keeps test gradients as factors (ghost dot products)
 
 
 def _iter_grads(
@@ -1065,7 +1122,9 @@ def tracin(
     streamed in length buckets of ``batch_size``; ``projector`` maps both to ``projector.dim`` first.
     ``method``, ``pad_multiple``, ``device`` and ``dtype``: as in :func:`per_example_grads` (test gradients stay
     on the device; scores and norms come back to the CPU). Memory: the test gradients (or sketches) plus one
-    training batch; no ``n_train x p`` matrix is ever held.
+    training batch; no ``n_train x p`` matrix is ever held. Without a projector, on the hook path, test
+    gradients larger than 2**28 entries in all are kept as layer factors and scored by exact "ghost" dot
+    products (see :meth:`_Capture.dots`).
     """
     dev, dt = _check_common(normalize, batch_size, method, pad_multiple, device, dtype)
     items = _checkpoint_list(checkpoints)
@@ -1076,7 +1135,15 @@ def tracin(
     with tqdm(total=n_e * (n_test + n_train), desc="TracIn", disable=not progress) as bar:
         for e, model in enumerate(_models(items, load_fn, dev, dt)):
             computer = _computer(model, params, loss_fn, method, pad_multiple)
-            test_g, test_order = _collect(computer, test_ex, batch_size, projector, bar)
+            width = sum(int(np.prod(s)) for s in computer.shapes)
+            ghost = projector is None and isinstance(computer, _HookComputer) and n_test * width > _GHOST_ENTRIES
+            if ghost:  # test gradients too large to hold: keep their factors, exact dots from the factors
+                parts = list(_iter_grads(computer, test_ex, batch_size, None, bar, raw=True))
+                ghost = all(isinstance(g, _Capture) for _, g in parts)
+                test_g = _GhostSet([g for _, g in parts]) if ghost else _Grads.cat([g.grads() for _, g in parts])
+                test_order = torch.cat([idx for idx, _ in parts])
+            else:
+                test_g, test_order = _collect(computer, test_ex, batch_size, projector, bar)
             t_norms_dev = test_g.sq_norms().sqrt()
             t_norms = t_norms_dev.cpu()
             if e == 0:
@@ -1084,13 +1151,7 @@ def tracin(
                 train_norms = torch.empty(n_e, n_train, dtype=t_norms.dtype)
                 test_norms = torch.empty(n_e, n_test, dtype=t_norms.dtype)
             scores = torch.empty(n_test, n_train, dtype=t_norms.dtype)  # rows in test_order
-            for idx, g in _iter_grads(
-                computer,
-                train_ex,
-                batch_size,
-                projector,
-                bar,
-            ):
+            for idx, g in _iter_grads(computer, train_ex, batch_size, projector, bar, raw=ghost):
                 norms = g.sq_norms().sqrt()
                 scores[:, idx] = (weights[e] * _normalise(test_g.dots(g), t_norms_dev, norms, normalize)).cpu()
                 train_norms[e, idx] = norms.cpu()
