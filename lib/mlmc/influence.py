@@ -605,13 +605,36 @@ class _Capture:
         else:
             _scatter_into(block.unflatten(1, (data[2], data[1].shape[2])), data[1], data[0])
 
-    def grads(self) -> _Grads:
-        """The materialised gradients (one block per parameter); the word embeddings stay sparse."""
-        dense = []
+    def rows(self, lo: int, hi: int) -> _Capture:
+        """Examples ``lo:hi`` of the batch (views)."""
+        slots = []
+        for kind, data in self.slots:
+            if kind == "dense":
+                slots.append((kind, data[lo:hi]))
+            elif kind == "factors":
+                slots.append((kind, [(g[lo:hi], a[lo:hi]) for g, a in data]))
+            else:
+                slots.append((kind, (data[0][lo:hi], data[1][lo:hi], data[2])))
+        return _Capture(slots, self.emb_slot, hi - lo)
+
+    def dense_width(self) -> int:
+        """Columns of the materialised gradient outside the sparse word-embedding slot."""
+        return sum(self._width(k) for k in range(len(self.slots)) if k != self.emb_slot)
+
+    def grads(self, buffer: Tensor | None = None) -> _Grads:
+        """The materialised gradients, one block per parameter (column slices of ``buffer``, ``[B, dense_width]``,
+        if given); the word embeddings stay sparse."""
+        dense, start = [], 0
         for k in range(len(self.slots)):
-            if k != self.emb_slot:
-                dense.append(torch.empty(self.n, self._width(k), dtype=self.dtype, device=self.device))
-                self._fill(k, dense[-1])
+            if k == self.emb_slot:
+                continue
+            width = self._width(k)
+            if buffer is None:
+                dense.append(torch.empty(self.n, width, dtype=self.dtype, device=self.device))
+            else:
+                dense.append(buffer[:, start : start + width])
+            start += width
+            self._fill(k, dense[-1])
         if self.emb_slot is None:
             return _Grads(dense)
         ids, h, vocab = self.slots[self.emb_slot][1]
@@ -865,14 +888,19 @@ def _module_grads(mod: nn.Module, recs: list, n: int, keep: Tensor | None) -> di
         if keep is not None and a.ndim == 3 and a.shape[1] == keep.shape[1]:  # padded positions: zero cotangent
             pad = ~keep[:, :, None]  # and the input of position 0 (a zero input can make a norm divide by 0)
             a, g = torch.where(pad, a[:, :1], a), g.masked_fill(pad, 0)
-        with torch.enable_grad():
-            got = vmap(one)(a.detach(), g)
+        if isinstance(mod, nn.LayerNorm) and mod.weight is not None and a.ndim == 3:  # closed form, same result
+            xhat = nn.functional.layer_norm(a, mod.normalized_shape, None, None, mod.eps)
+            got = {"weight": (g * xhat).sum(1)} | ({} if mod.bias is None else {"bias": g.sum(1)})
+        else:
+            with torch.enable_grad():
+                got = vmap(one)(a.detach(), g)
         for k, v in got.items():
             total[k] = total[k] + v.reshape(n, -1) if k in total else v.reshape(n, -1)
     return total
 
 
 _Computer = _HookComputer | _GradComputer
+_BUFFER_ENTRIES = 2**23  # the buffer streamed training gradients are materialised in (row chunks)
 _GHOST_ENTRIES = 2**28  # n_test x p beyond which tracin keeps test gradients as factors (ghost dot products)
 
 
@@ -883,17 +911,29 @@ def _iter_grads(
     projector: GaussianProjector | None,
     bar: tqdm,
     raw: bool = False,
+    stream: bool = False,
 ) -> Iterator[tuple[Tensor, _Grads | _Capture]]:
     """Yield ``(indices, gradients)`` per length bucket; a projector maps the gradients to ``[B, dim]``.
-    ``raw``: hook-path batches come as :class:`_Capture` (not materialised)."""
+    ``raw``: hook-path batches come as :class:`_Capture` (not materialised). ``stream``: the caller is done with
+    each yield before the next, so hook-path batches may come in row chunks sharing one buffer."""
+    buffer = torch.empty(0)
     with _grad_mode(computer.model, computer.method in ("auto", "vmap")):
         for idx in _buckets(ex, batch_size, computer.multiple):
             g = computer([ex.inputs[i] for i in idx.tolist()], ex.labels[idx])
             if projector is not None:
-                g = _Grads([projector.project(g, computer.shapes)])
-            elif isinstance(g, _Capture) and not raw:
-                g = g.grads()
-            yield idx, g
+                yield idx, _Grads([projector.project(g, computer.shapes)])
+            elif not isinstance(g, _Capture) or raw:
+                yield idx, g
+            elif not stream:
+                yield idx, g.grads()
+            else:  # row chunks materialised in one reused buffer: fresh pages are slow to touch
+                width = g.dense_width()
+                rows = min(len(idx), max(1, _BUFFER_ENTRIES // max(width, 1)))
+                if buffer.numel() < rows * width or buffer.dtype != g.dtype or buffer.device != g.device:
+                    buffer = torch.empty(rows * width, dtype=g.dtype, device=g.device)
+                for lo in range(0, len(idx), rows):
+                    part = g.rows(lo, min(lo + rows, len(idx)))
+                    yield idx[lo : lo + rows], part.grads(buffer[: part.n * width].view(part.n, width))
             bar.update(len(idx))
 
 
@@ -1151,7 +1191,7 @@ def tracin(
                 train_norms = torch.empty(n_e, n_train, dtype=t_norms.dtype)
                 test_norms = torch.empty(n_e, n_test, dtype=t_norms.dtype)
             scores = torch.empty(n_test, n_train, dtype=t_norms.dtype)  # rows in test_order
-            for idx, g in _iter_grads(computer, train_ex, batch_size, projector, bar, raw=ghost):
+            for idx, g in _iter_grads(computer, train_ex, batch_size, projector, bar, raw=ghost, stream=True):
                 norms = g.sq_norms().sqrt()
                 scores[:, idx] = (weights[e] * _normalise(test_g.dots(g), t_norms_dev, norms, normalize)).cpu()
                 train_norms[e, idx] = norms.cpu()
@@ -1190,13 +1230,7 @@ def self_influence(
     with tqdm(total=len(items) * len(ex), desc="self-influence", disable=not progress) as bar:
         for e, model in enumerate(_models(items, load_fn, dev, dt)):
             computer = _computer(model, params, loss_fn, method, pad_multiple)
-            for idx, g in _iter_grads(
-                computer,
-                ex,
-                batch_size,
-                projector,
-                bar,
-            ):
+            for idx, g in _iter_grads(computer, ex, batch_size, projector, bar, raw=True):  # norms from factors
                 sq = g.sq_norms().double().cpu()
                 term = {"none": sq, "train_only": sq.sqrt(), "cosine": (sq > 0).double()}[normalize]
                 out[idx] += weights[e] * term
