@@ -16,7 +16,13 @@ Data format (``train``, ``test``, ``data`` arguments): either
 A model is called as ``model(inputs.unsqueeze(0))``; its output is a logits tensor, an object with ``.logits``
 (HF) or a tuple whose first item holds the logits. The default loss is cross-entropy with the example's label.
 
-How gradients are computed: in eval mode (dropout off), with ``torch.func.vmap(grad(...))`` over buckets of
+How gradients are computed: in eval mode (dropout off). By default (``method="auto"``), where it applies, from
+forward hooks and ONE batched backward pass per bucket (``method="hooks"``): a Linear layer's per-example
+gradient is the sum over positions of the outer product of its output gradient and its input, so it is kept as
+these two factors, from which it is materialised, projected (Kronecker, without forming it) or dotted exactly
+("ghost" dot products); biases and LayerNorm use closed forms, other small modules ``torch.func.vjp`` of the
+module alone, and parameters that cannot be split by example (T5's relative attention bias) the vmap path.
+Otherwise (custom ``loss_fn``, unsupported modules), with ``torch.func.vmap(grad(...))`` over buckets of
 examples of equal length, which needs no attention mask (HF's own mask logic cannot be vmapped). For XLM-R,
 RoBERTa and BERT, buckets span lengths up to a multiple of ``pad_multiple`` and are padded with a 4-D additive key
 mask, which is exact and gives fewer, larger vmap calls. A per-example autograd loop is the fallback. The gradient
