@@ -228,16 +228,22 @@ def test_projection_is_unbiased_and_deterministic(loaded):
 def kron_reference(proj: GaussianProjector, model: nn.Module, g: torch.Tensor) -> torch.Tensor:
     """The Kronecker projection written out densely: per parameter, kron(P1, P2) (or the dense block of a
     vector) applied to its slice of the flat gradient, summed over parameters."""
-    out, start = torch.zeros(len(g), proj.dim, dtype=g.dtype), 0
+    out, start, vectors = torch.zeros(len(g), proj.dim, dtype=g.dtype), 0, []
     for k, p in enumerate(model.parameters()):
         block = g[:, start : start + p.numel()]
         start += p.numel()
         if p.ndim < 2:
-            out += GaussianProjector._flat(proj, block, (2, k), True)
+            vectors.append(block)
         else:
             p1, p2 = proj._factors(k, p.shape[0], p.numel() // p.shape[0], block)
             out += block @ torch.kron(p1, p2).T
-    return out
+    flat = torch.cat(vectors, dim=1)  # all vectors as one zero-padded r x c matrix
+    r = int(np.ceil(flat.shape[1] ** 0.5))
+    c = -(-flat.shape[1] // r)
+    flat = nn.functional.pad(flat, (0, r * c - flat.shape[1]))
+    a, b = proj.factors
+    p1, p2 = proj._gaussian((3, 0), a, r, a, flat, True), proj._gaussian((3, 1), b, c, b, flat, True)
+    return out + flat @ torch.kron(p1, p2).T
 
 
 def test_kronecker_projection_equals_its_dense_form_for_every_batch_size(loaded):
@@ -327,7 +333,7 @@ class LogReg(nn.Module):
         return torch.stack([torch.zeros_like(s), s], dim=-1)
 
 
-@pytest.mark.parametrize("method", ["vmap", "loop"])
+@pytest.mark.parametrize("method", ["hooks", "vmap", "loop"])
 def test_logistic_regression_closed_form(method):
     torch.manual_seed(0)
     model = LogReg(7)
@@ -460,3 +466,190 @@ def test_bad_parameters_raise_before_compute(kwargs, match):
     args = {"checkpoints": [_Exploding()], "train": TRAIN, "test": TEST} | kwargs
     with pytest.raises(ValueError, match=match):
         tracin(args.pop("checkpoints"), args.pop("train"), args.pop("test"), progress=False, **args)
+
+
+# ------------------------------------------------------------------------- factorised (hook) path, issue 13
+
+ARCH_VOCAB = 40
+
+
+def arch_model(kind: str) -> nn.Module:
+    """Tiny random HF classifiers of four families, configs built locally (no download), float32, eval mode."""
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        LlamaConfig,
+        LlamaForSequenceClassification,
+        T5Config,
+        T5ForSequenceClassification,
+    )
+
+    torch.manual_seed(0)
+    common = {"vocab_size": ARCH_VOCAB, "num_labels": 3}
+    if kind == "bert":
+        cfg = BertConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24,
+                         max_position_embeddings=32, pad_token_id=0, **common)  # fmt: skip
+        model = BertForSequenceClassification(cfg)
+    elif kind == "xlmr":
+        cfg = XLMRobertaConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24,
+                               max_position_embeddings=40, pad_token_id=PAD, **common)  # fmt: skip
+        model = XLMRobertaForSequenceClassification(cfg)
+    elif kind == "t5":
+        cfg = T5Config(d_model=16, d_kv=8, d_ff=24, num_layers=2, num_decoder_layers=1, num_heads=2, pad_token_id=0,
+                       eos_token_id=1, decoder_start_token_id=0, **common)  # fmt: skip
+        model = T5ForSequenceClassification(cfg)
+    else:
+        cfg = LlamaConfig(hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2,
+                          num_key_value_heads=1, max_position_embeddings=32, pad_token_id=0, **common)  # fmt: skip
+        model = LlamaForSequenceClassification(cfg)
+    return model.eval()
+
+
+def arch_examples(kind: str, n: int = 10, seed: int = 0) -> list[tuple[torch.Tensor, int]]:
+    """Sequences of 3-14 tokens (so that buckets hold several lengths and get padded), framed as each family
+    frames them (T5: ending in </s>; Llama: no special tokens), with 3-way labels."""
+    gen = torch.Generator().manual_seed(seed)
+    bos, eos = {"bert": (2, 3), "xlmr": (0, 2)}.get(kind, (None, None))
+    out = []
+    for _ in range(n):
+        body = torch.randint(3, ARCH_VOCAB, (int(torch.randint(3, 13, (1,), generator=gen)),), generator=gen)
+        x = torch.cat([body, torch.tensor([1])]) if kind == "t5" else body
+        x = torch.cat([torch.tensor([bos]), body, torch.tensor([eos])]) if bos is not None else x
+        out.append((x, int(torch.randint(0, 3, (1,), generator=gen))))
+    return out
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+ARCHS = ["bert", "xlmr", "t5", "llama"]
+
+
+@pytest.mark.parametrize("kind", ARCHS)
+def test_factorised_path_equals_the_exact_one_on_four_families(kind):
+    from mlmc.influence import _HookComputer
+
+    model, data = arch_model(kind), arch_examples(kind)
+    reference = manual_grads(model, data)
+    hooks = per_example_grads(model, data, method="hooks")
+    assert rel_err(hooks, reference) <= 1e-5
+    assert rel_err(per_example_grads(model, data), reference) <= 1e-5  # "auto" takes the hook path
+    exact = per_example_grads(model, data, method="vmap" if kind != "t5" else "loop")  # T5 cannot be vmapped
+    assert rel_err(hooks, exact) <= 1e-5
+    computer = _HookComputer(model, "all", None, 8)
+    if kind == "t5":  # the relative attention bias is one lookup per batch: left to torch.func
+        assert computer.rest is not None and computer.pad_id is None
+        names = [k for k in select_params(model) if "relative_attention_bias" not in k]
+        computer = _HookComputer(model, names, None, 8)
+        starts = np.cumsum([0] + [p.numel() for p in model.parameters()])
+        named = list(model.named_parameters())
+        cols = torch.cat(
+            [torch.arange(s, s + p.numel()) for s, (k, p) in zip(starts, named, strict=False) if k in names]
+        )
+        torch.testing.assert_close(per_example_grads(model, data, names, method="hooks"), hooks[:, cols])
+    assert computer.rest is None and computer.pad_id is not None  # padded buckets, all from one backward pass
+    assert len(set(len(x) for x, _ in data)) > 2
+
+
+@pytest.mark.parametrize("kind", ["xlmr", "llama"])
+def test_factorised_tracin_and_projection_equal_the_exact_ones(kind, monkeypatch):
+    import mlmc.influence
+
+    model, train, test = arch_model(kind), arch_examples(kind, 12, 1), arch_examples(kind, 5, 2)
+    g_train, g_test = manual_grads(model, train), manual_grads(model, test)
+    for ghost_entries in (2**28, 0):  # 0: test gradients kept as factors, scored by ghost dot products
+        monkeypatch.setattr(mlmc.influence, "_GHOST_ENTRIES", ghost_entries)
+        for normalize in ("none", "cosine"):
+            got = tracin(model, train, test, normalize=normalize, method="hooks", batch_size=5, progress=False)
+            ref = pairwise_scores(g_test, g_train, normalize)
+            assert rel_err(got.total, ref) <= 1e-5
+            assert rel_err(got.train_norms[0], g_train.norm(dim=1)) <= 1e-5
+    torch.testing.assert_close(self_influence(model, train, method="hooks", progress=False),
+                               g_train.square().sum(1).double(), rtol=1e-5, atol=0)  # fmt: skip
+    proj = GaussianProjector(12, seed=5)  # factors 3 x 4: Linear weights projected from their factors
+    assert rel_err(per_example_grads(model, train, projector=proj, method="hooks"),
+                   kron_reference(proj, model, g_train)) <= 1e-5  # fmt: skip
+
+
+def test_padded_table_rows_give_the_unpadded_gradients_on_the_factorised_path(loaded):
+    ids = nn.utils.rnn.pad_sequence([x for x, _ in TRAIN], batch_first=True, padding_value=PAD)
+    mask = (torch.arange(ids.shape[1])[None] < torch.tensor([len(x) for x, _ in TRAIN])[:, None]).long()
+    table = {"input_ids": ids.tolist(), "attention_mask": mask.tolist(), "label": [y for _, y in TRAIN]}
+    reference = manual_grads(loaded[0], TRAIN)
+    for kwargs in ({"pad_multiple": 16}, {"pad_multiple": 0}, {"batch_size": 7}):
+        got = per_example_grads(loaded[0], table, method="hooks", **kwargs)
+        torch.testing.assert_close(got, reference, rtol=0, atol=1e-10)
+
+
+def test_kronecker_projection_is_unbiased_for_non_square_factors():
+    """E[<Pg, Ph>] = <g, h> with factors 3 x 4 (a != b) on Linear weights of shape 6 x 5 and 2 x 6, the vector
+    group and sparse embeddings, all projected from the hook path's factors; a scale that assumed a == b (e.g.
+    1/a for both factors) is off by 4/3 and fails."""
+    from mlmc.influence import _HookComputer
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(9, 5), nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 2), _MeanPool()).double()
+    xs = [torch.tensor([1, 4, 4, 7]), torch.tensor([2, 4, 1, 8])]
+    with torch.no_grad():
+        cap = _HookComputer(model, "all", None, 0)(xs, torch.tensor([0, 1]))
+    dense = cap.grads().to_dense()
+    exact = (dense[0] @ dense[1]).item()
+    assert abs(exact) > 0.1 * dense.norm(dim=1).prod().item()  # correlated pair: the test has power
+    shapes = [tuple(p.shape) for p in model.parameters()]
+    est = torch.tensor([(lambda q: (q[0] @ q[1]).item())(GaussianProjector(12, seed=s).project(cap, shapes))
+                        for s in range(600)])  # fmt: skip
+    assert GaussianProjector(12).factors == (3, 4)
+    assert abs(est.mean().item() - exact) <= 3 * est.std().item() / len(est) ** 0.5
+    assert abs(est.mean().item() - exact) < 0.25 * abs(exact) / 3  # well inside the 4/3 (or 3/4) bias of a bug
+    one = GaussianProjector(12, seed=0)
+    torch.testing.assert_close(one.project(cap, shapes), one.project(cap.grads(), shapes))
+
+
+class _MeanPool(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=1)
+
+
+def test_kronecker_error_exceeds_dense_error_for_rank_one_gradients():
+    """The documented trade-off: on a rank-1 (one-position) Linear gradient the Kronecker estimate of a dot product
+    has the spread of an a-dimensional projection, the dense one of a dim-dimensional one."""
+    from mlmc.influence import _Capture
+
+    torch.manual_seed(1)
+    grad_out, inputs = torch.randn(2, 1, 20, dtype=torch.float64), torch.randn(2, 1, 30, dtype=torch.float64)
+    grad_out[1] += 2 * grad_out[0]
+    inputs[1] += 2 * inputs[0]
+    cap = _Capture([("factors", [(grad_out, inputs)])], None, 2)
+    exact = cap.grads().to_dense()
+    errors = {}
+    for structure in ("kronecker", "dense"):
+        est = [GaussianProjector(64, seed=s, structure=structure).project(cap, [(20, 30)]) for s in range(200)]
+        dots = torch.tensor([(e[0] @ e[1]).item() for e in est])
+        errors[structure] = (dots - exact[0] @ exact[1]).square().mean().sqrt().item()
+    assert errors["kronecker"] > 1.5 * errors["dense"]
+
+
+def test_half_precision_path_scores_in_float32_close_to_float32(loaded):
+    model = tiny_model().float()
+    ref = tracin(model, TRAIN, TEST, normalize="none", progress=False)
+    for dtype, tol in (("bfloat16", 2e-2), ("float16", 5e-3)):
+        got = tracin(model, TRAIN, TEST, normalize="none", progress=False, dtype=dtype)
+        assert got.total.dtype == torch.float32
+        err = rel_err(got.total, ref.total)
+        assert 0 < err <= tol  # computed in half precision (not silently in float32), and close
+    assert next(model.parameters()).dtype == torch.float32  # the caller's model is not cast
+    g16 = per_example_grads(model, TRAIN, dtype="bfloat16", projector=GaussianProjector(16, seed=1))
+    assert g16.dtype == torch.float32 and torch.isfinite(g16).all()
+    with pytest.raises(ValueError, match="'dtype'"):
+        tracin(model, TRAIN, TEST, progress=False, dtype="int8")
+
+
+def test_hooks_refuse_a_custom_loss_and_auto_falls_back():
+    torch.manual_seed(0)
+    model = LogReg(7)
+    data = [(torch.randn(7, dtype=torch.float64), int(i % 2)) for i in range(6)]
+    loss = lambda out, y: nn.functional.cross_entropy(out, y)  # noqa: E731
+    with pytest.raises(ValueError, match="'method'='hooks'"):
+        per_example_grads(model, data, method="hooks", loss_fn=loss)
+    torch.testing.assert_close(per_example_grads(model, data, loss_fn=loss), per_example_grads(model, data))
