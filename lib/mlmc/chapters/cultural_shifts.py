@@ -301,7 +301,7 @@ def profile_matrix(profiles: pd.DataFrame, langs: Sequence[str], **sel) -> pd.Da
     for k, v in sel.items():
         m = m[m[k] == v]
     mat = m[m.lang.isin(langs)].groupby(["lang", "qid"]).p1.mean().unstack("qid")
-    return mat.loc[list(langs)]
+    return mat.loc[list(langs), values.sort_qids(mat.columns)]
 
 
 def alignment_table(
