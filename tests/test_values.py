@@ -51,6 +51,7 @@ def test_world_probes_bad_language(world):
 
 def test_category_and_qid():
     assert V.normalise_qid("110a") == "Q110a" and V.normalise_qid(6) == "Q6" and V.normalise_qid("q12") == "Q12"
+    assert V.sort_qids(["Q10", "Q110b", "Q2", "Q110a"]) == ["Q2", "Q10", "Q110a", "Q110b"]
     assert V.category_of("Q165") == "religious values" and V.category_of("Q1") == "social values"
     assert V.category_of("Q235") == "political culture" and V.category_of("Q152d") == "postmaterialist index"
     with pytest.raises(ValueError, match="qid"):

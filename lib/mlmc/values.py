@@ -99,6 +99,11 @@ def _sort_key(col: pd.Series) -> pd.Series:
     return col.map(lambda q: (int(_QID.match(q).group(1)), _QID.match(q).group(2)))
 
 
+def sort_qids(qids) -> list[str]:
+    """Question ids in questionnaire order (``Q2`` before ``Q10``, ``Q110a`` before ``Q110b``)."""
+    return sorted(qids, key=lambda q: (int(_QID.match(q).group(1)), _QID.match(q).group(2)))
+
+
 # --- probes ---------------------------------------------------------------------------------------------------------
 def world_probes(world: World, langs: Sequence[str]) -> pd.DataFrame:
     """The world's value probes: one row per (lang, qid) with the cloze template (blank = :data:`MASK`), the two
@@ -189,7 +194,7 @@ def load_probes(path: str | Path, langs: Sequence[str] | None = None, kind: str 
 
 def check_qids(name: str, qids: Sequence[str], probes: pd.DataFrame) -> list[str]:
     """Validate item ids against the probes' ``qid`` column (one error naming ``name`` and the allowed ids)."""
-    allowed = sorted(set(probes["qid"]), key=lambda q: _sort_key(pd.Series([q], name="qid"))[0])
+    allowed = sort_qids(set(probes["qid"]))
     return check_subset(name, qids, allowed, min_size=0)
 
 
@@ -251,7 +256,7 @@ def target_profiles(table: pd.DataFrame, key: str | None = None) -> pd.DataFrame
     if key not in table.columns or value not in table.columns:
         raise ValueError("parameter 'table' needs a 'lang' or 'country' column and 'target_p1' or 'p_opt1'")
     mat = table.pivot(index=key, columns="qid", values=value)
-    return mat[sorted(mat.columns, key=lambda q: _sort_key(pd.Series([q], name="qid"))[0])]
+    return mat[sort_qids(mat.columns)]
 
 
 def majority_targets(probes_or_truth: pd.DataFrame, country_or_lang: str) -> pd.Series:

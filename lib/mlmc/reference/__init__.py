@@ -44,6 +44,13 @@ Each CSV file in this folder is one table, loaded with ``load(name)``. Sources:
   debiasing language (``metric=bias_score``), plus the App. B significance threshold for n = 40; and the qualitative
   findings of Neplenbroek, Bisazza & Fernández (2025, Findings ACL; arXiv 2412.14050) as 1 = "the paper reports
   this direction" (the seed summaries give no numbers). Used by chapter 07.
+- ``ch7_thesis``: numbers of thesis chapter 7 (Choenni, Lauscher & Shutova, *The Echoes of Multilinguality: Tracing
+  Cultural Value Shifts during LM Fine-tuning*, ACL 2024, arXiv 2405.12744), long format (table, metric, row, lang,
+  value): Table 7.3 (agreement % between mT5 small/base/large), Table 7.4 (% unchanged after multilingual vs mean
+  monolingual fine-tuning), Table 7.5 (Δ Spearman with WVS country profiles, PBC and Tanzil, signs restored as
+  negative where the extracted text lost them), and the numbers stated in the text: Fig 7.2 shift ranges, the 14%
+  unique shifts and the TRAK overlaps. Transcribed via the method spec ``ch7_cultural_shifts.md`` §4. Used by
+  chapter 05.
 """
 
 from __future__ import annotations
