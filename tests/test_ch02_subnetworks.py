@@ -1,4 +1,4 @@
-"""Chapter 02 drivers (mlmc.subnet_experiments): data loading for world and UD, parameter checks, stage-2 runs."""
+"""Chapter 02 drivers (mlmc.chapters.subnetworks): data loading for world and UD, parameter checks, stage-2 runs."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from transformers import XLMRobertaConfig, XLMRobertaModel
 
 from mlmc import reference
-from mlmc import subnet_experiments as sx
+from mlmc.chapters import subnetworks as sx
 from mlmc.heads import head_param_slices
 from mlmc.world import World
 from mlmc.zoo import train_tokenizer

@@ -1,4 +1,4 @@
-"""Chapter 02 drivers: treebanks, stage-1/stage-2 training, mask search, few-shot transfer, ablations (thesis Ch. 4).
+"""Chapter 02 driver (`02_subnetworks`): treebanks, stage 1/2, mask search, few-shot transfer, ablations (thesis ch. 4).
 
 Thin functions composed from the kernels (:mod:`mlmc.parsing`, :mod:`mlmc.subnetworks`, :mod:`mlmc.sft`,
 :mod:`mlmc.metalearn`, :mod:`mlmc.gradconflict`), so that the notebook reads as the experiment: load treebanks,

@@ -1,5 +1,5 @@
 """Chapter 01 (data sharing, thesis ch. 3): the notebook end to end on the smoke profile, parameter validation before
-compute, the drivers of mlmc.sharing_experiments against independent computations, and (slow) the planted signal."""
+compute, the drivers of mlmc.chapters.data_sharing against independent computations, and (slow) the planted signal."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
 
 from mlmc import crossling, zoo
-from mlmc import sharing_experiments as se
+from mlmc.chapters import data_sharing as se
 from mlmc.book import ChapterFailed, run_chapter
 from mlmc.world import World
 

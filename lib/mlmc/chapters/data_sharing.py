@@ -1,4 +1,4 @@
-"""Chapter 01 drivers: fine-tune, trace with TracIn and analyse cross-lingual data sharing (thesis ch. 3).
+"""Chapter 01 driver (`01_data_sharing`): fine-tune, trace with TracIn and analyse cross-lingual data sharing (thesis ch. 3).
 
 Thin functions composed from the kernels, so that the notebook reads as the experiment:
 
