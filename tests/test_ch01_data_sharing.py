@@ -14,8 +14,8 @@ import torch
 from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
 
 from mlmc import crossling, zoo
-from mlmc.chapters import data_sharing as se
 from mlmc.book import ChapterFailed, run_chapter
+from mlmc.chapters import data_sharing as se
 from mlmc.world import World
 
 PAWSX = ("de", "en", "es", "fr", "ko")

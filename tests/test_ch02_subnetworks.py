@@ -344,3 +344,68 @@ def test_selection_protection_best_share_and_pct_off():
     assert sx.best_share(table, ["a", "b"]).round(1).to_dict() == {"a": 66.7, "b": 66.7}
     assert sx.pct_off(m["ar"]) == 50.0 and sx.pct_off(None) == 0.0
     assert sx.pct_off({"w": torch.tensor([True, False, False, False])}) == 75.0
+
+
+# ------------------------------------------------------------------ long sentences through every zoo encoder
+def _shared_ud() -> Path:
+    import os
+
+    return Path(os.environ.get("MLMC_SHARED_DATA", ROOT.parent / "shared" / "data")) / "ud"
+
+
+def _joined(sents, n_words: int):
+    """One long sentence made of consecutive sentences: later roots attach to the first one as ``parataxis``."""
+    from mlmc.data import Sentence
+
+    words, heads, rels, root = [], [], [], 0
+    for s in sents:
+        off = len(words)
+        for h, d in zip(s.heads, s.deprels, strict=True):
+            if h == 0 and off:
+                heads.append(root)
+                rels.append("parataxis")
+            else:
+                heads.append(h + off if h else 0)
+                rels.append(d)
+        root = root or s.heads.index(0) + 1
+        words += s.words
+        if len(words) >= n_words:
+            break
+    return Sentence(words, heads, rels, ["X"] * len(words))
+
+
+def _parse_long(encoder: str, world, sent) -> None:
+    from mlmc.data import label_vocab
+
+    enc, tok = sx.load_encoder(encoder, world=world)
+    limit = sx.positions(enc)
+    assert tok.model_max_length == limit
+    labels = label_vocab([[sent]])
+    batch = sx.collate(tok, [sent], labels)
+    assert batch["input_ids"].shape[1] <= limit < len(tok(sent.words, is_split_into_words=True)["input_ids"])
+    parser = sx.make_parser(enc, len(labels), 16, 8, 0.0, 0).eval()
+    res = sx.evaluate(parser, [batch])
+    assert res["n_words"] == len(sent)
+
+
+@pytest.mark.parametrize("encoder", [n for n in sx.zoo.NAMES if sx.zoo.recipe(n).arch == "xlmr"])
+def test_sentences_longer_than_the_positions_parse_on_every_zoo_encoder(encoder, world):
+    sents = read_world(world, 60)
+    _parse_long(encoder, world, _joined(sents, 150))
+
+
+def read_world(world, n):
+    from mlmc.data import read_conllu
+
+    return read_conllu(world.treebank("en", n, "test", seed=0))
+
+
+@pytest.mark.shared_data
+def test_longest_real_english_pud_sentence_parses_on_the_zoo_encoder(world):
+    from mlmc.data import read_conllu
+
+    path = _shared_ud() / "UD_English-PUD" / "en_pud-ud-test.conllu"
+    if not path.is_file():
+        pytest.skip(f"real-data sample not found at {path}")
+    longest = max(read_conllu(path), key=len)
+    _parse_long("tiny-xlmr", world, longest)
