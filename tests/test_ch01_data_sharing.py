@@ -350,7 +350,8 @@ def test_checks_label_what_the_untrained_model_also_shows_as_consistency():
     assert checks["removing P_k and retraining lowers the gold-label confidence more than removing k random examples"
                   ].passed  # fmt: skip
     assert {c.claim for c in checks.values() if c.asserted} == {
-        c.claim for c in checks.values() if c.claim.startswith(("fine-tuning creates", "removing P_k"))}
+        c.claim for c in checks.values() if c.claim.startswith(("fine-tuning creates", "removing P_k"))
+    }
     # without the untrained model there is no control: nothing is evidence but the majority and random controls
     no_ctrl = {k: v for k, v in x.items() if not k.endswith("_untr")}
     kinds = {c.claim.split(":")[0]: c.kind for c in se.sharing_checks(no_ctrl, 20.0, "ko")}

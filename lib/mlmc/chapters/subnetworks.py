@@ -165,8 +165,8 @@ def load_parsing_data(
     """Load every treebank of the experiment, the label vocabulary (over all of them) and the transfer map.
 
     ``source="world"``: ``world.treebank`` per language and split, typology from the world's planted vectors,
-    transfer language = ``world.nearest`` (URIEL and lang2vec are never read). ``source="ud"``: ``ud_root/<UD_dir>/*-ud-{train,dev,test}*.conllu``
-    (language ids are UD directory names), sizes capped by seeded samples (``None`` = all), typology = URIEL
+    transfer language = ``world.nearest`` (URIEL and lang2vec are never read). ``source="ud"``:
+    ``ud_root/<UD_dir>/*-ud-{train,dev,test}*.conllu`` (language ids are UD directory names), sizes capped by seeded samples (``None`` = all), typology = URIEL
     ``syntax_knn`` cosine via :mod:`mlmc.typology`, transfer = nearest by URIEL or ``"thesis"`` (Table 4.2).
     """
     check_choice("source", source, SOURCES)
