@@ -166,8 +166,9 @@ def load_parsing_data(
 
     ``source="world"``: ``world.treebank`` per language and split, typology from the world's planted vectors,
     transfer language = ``world.nearest`` (URIEL and lang2vec are never read). ``source="ud"``:
-    ``ud_root/<UD_dir>/*-ud-{train,dev,test}*.conllu`` (language ids are UD directory names), sizes capped by seeded samples (``None`` = all), typology = URIEL
-    ``syntax_knn`` cosine via :mod:`mlmc.typology`, transfer = nearest by URIEL or ``"thesis"`` (Table 4.2).
+    ``ud_root/<UD_dir>/*-ud-{train,dev,test}*.conllu`` (language ids are UD directory names), sizes capped by
+    seeded samples (``None`` = all), typology = URIEL ``syntax_knn`` cosine via :mod:`mlmc.typology`, transfer =
+    nearest by URIEL or ``"thesis"`` (Table 4.2). Typology cosines are rounded to 6 decimals.
     """
     check_choice("source", source, SOURCES)
     check_choice("transfer_map", transfer_map, TRANSFER_MAPS)
