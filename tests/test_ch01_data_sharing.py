@@ -404,3 +404,12 @@ def test_committed_chapter_asserts_only_checks_whose_control_fails():
         assert (r["kind"] == "consistency") == (r["control_verdict"] == "pass"), r["claim"]
         if r["asserted"]:
             assert r["verdict"] == "pass" and r["control_verdict"] != "pass", r["claim"]
+
+
+def test_a_state_dict_passed_as_a_checkpoint_is_named_not_dumped():
+    from mlmc import influence
+
+    state = {f"layer{i}.weight": torch.zeros(50, 50) for i in range(3)}
+    with pytest.raises(ValueError, match="parameter 'checkpoints': a dict is neither") as info:
+        influence.tracin([state], [([1, 2], 0)], [([1, 2], 0)])
+    assert len(str(info.value)) < 200 and "tensor" not in str(info.value)
