@@ -138,3 +138,25 @@ def test_real_ud_treebanks(name):
     if name == "fr_pud":
         assert raw["mwt"] > 0
         assert any(d.count(":") for s in sents for d in s.deprels)
+
+
+def test_reader_drops_a_utf8_byte_order_mark(tmp_path):
+    path = tmp_path / "bom.conllu"
+    path.write_bytes(b"\xef\xbb\xbf" + TEXT.encode("utf-8"))
+    with_bom, plain = read_conllu(path), read_conllu(TEXT)
+    assert [s.words for s in with_bom] == [s.words for s in plain]
+    assert with_bom[0].metadata["sent_id"] == "fr-1"  # the BOM is not glued to the first comment
+    assert read_conllu("\ufeff" + TEXT)[0].words == plain[0].words
+
+
+def test_reader_names_file_and_line_of_a_malformed_word_line(tmp_path):
+    path = tmp_path / "bad.conllu"
+    lines = TEXT.splitlines()
+    lines[4] = lines[4].replace("\t", " ", 3)  # line 5: columns run together
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"{path.name}, line 5: a word line needs 10 tab-separated columns"):
+        read_conllu(path)
+    path.write_bytes(TEXT.encode("utf-8")[:40] + b"\xff\xfe" + TEXT.encode("utf-8")[40:])
+    line = TEXT.encode("utf-8")[:40].count(b"\n") + 1
+    with pytest.raises(ValueError, match=rf"{path.name}, line {line}: not valid UTF-8"):
+        read_conllu(path)

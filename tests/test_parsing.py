@@ -358,3 +358,42 @@ def test_head_gate_and_dynamic_mask_integration(tokenizer):
     opt = torch.optim.SGD([*parser.parameters(), *dyn.parameters()], lr=1e-3)
     fomaml_outer_step(parser, {"aa": (batch, batch)}, {"aa": dyn}, 2, 0.01, opt, gate=gate)
     assert dyn.scores.grad is not None and dyn.scores.grad.abs().sum() > 0  # query gradient reaches the scores (STE)
+
+
+# ---------------------------------------------------------------- sentences longer than the encoder's positions
+def _long(words: list[str]) -> Sentence:
+    n = len(words)
+    return Sentence(words, [0] + [1] * (n - 1), ["root"] + ["dep"] * (n - 1), ["X"] * n)
+
+
+def test_collate_short_sentences_are_unchanged(tokenizer):
+    batch = collate_sentences(TOY, tokenizer, label_vocab([TOY]), max_length=62)
+    ref = tokenizer([list(s.words) for s in TOY], is_split_into_words=True, padding=True, return_tensors="pt")
+    assert torch.equal(batch["input_ids"], ref["input_ids"])
+    assert torch.equal(batch["attention_mask"], ref["attention_mask"])
+    assert batch["special_tokens_mask"][batch["attention_mask"].bool()].sum() == 2 * len(TOY)  # [CLS], [SEP]
+
+
+def test_collate_long_sentence_keeps_the_first_piece_of_every_word(tokenizer):
+    """40 two-piece words (80 pieces) in 62 positions: every word keeps its first piece, the parser runs."""
+    sent = _long(["bako", "rime", "tuso", "lina"] * 10)
+    labels = label_vocab([[sent]])
+    batch = collate_sentences([sent], tokenizer, labels, max_length=62)
+    assert batch["input_ids"].shape[1] <= 62
+    pieces = tokenizer.convert_ids_to_tokens(batch["input_ids"][0].tolist())
+    assert [pieces[int(i)] for i in batch["word_index"][0]] == [tokenizer.tokenize(w)[0] for w in sent.words]
+    assert len(set(batch["word_index"][0].tolist())) == len(sent)  # distinct positions: no word lost
+    parser = tiny_parser(len(labels)).eval()
+    assert evaluate(parser, [batch])["n_words"] == len(sent)
+
+
+def test_collate_sentence_with_more_words_than_positions(tokenizer):
+    sent = _long(["ba", "ko", "ri"] * 30)  # 90 one-piece words, 60 positions besides [CLS]/[SEP]
+    batch = collate_sentences([sent], tokenizer, label_vocab([[sent]]), max_length=62)
+    assert batch["input_ids"].shape[1] == 62
+    idx = batch["word_index"][0].tolist()
+    assert idx[:60] == list(range(1, 61)) and set(idx[60:]) == {60}  # the last words share the last kept piece
+    with torch.no_grad():
+        tiny_parser(len(label_vocab([[sent]]))).eval()(batch)
+    with pytest.raises(ValueError, match="max_length"):
+        collate_sentences([sent], tokenizer, label_vocab([[sent]]), max_length=2)

@@ -247,3 +247,35 @@ def test_exact_step_on_cuda_with_head_and_cpu_unstructured_masks():
     sft_step(model, batches, {"ar": head_off((0, 1)), "cs": head_off((0, 1))}, opt, ce)
     params3, _ = snapshot(model, opt)
     assert same(head_values(params2, model, 0, 1), head_values(params3, model, 0, 1))
+
+
+def test_unstructured_masks_mask_each_languages_gradient_with_its_own_mask():
+    """Two languages with different unstructured masks: p.grad is the mean of each language's gradient, computed
+    under its zeroed weights and masked by its own mask (pins the per-language masking, not only the final union)."""
+    model = classifier().train()
+    masks = {"ar": magnitude_prune(model, 0.3), "cs": {n: ~m for n, m in magnitude_prune(model, 0.3).items()}}
+    masks["cs"] = {n: m | (torch.rand(m.shape, generator=torch.Generator().manual_seed(1)) < 0.5)
+                   for n, m in masks["cs"].items()}  # fmt: skip
+    batches = {"ar": batch(1), "cs": batch(2)}
+    ref = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    for lang, pm in masks.items():
+        model.zero_grad()
+        with masked_weights(model, pm):
+            ce(model, batches[lang]).backward()
+        for n, p in model.named_parameters():
+            if p.grad is not None:
+                ref[n] += (p.grad.masked_fill(~pm[n], 0) if n in pm else p.grad) / 2
+    model.zero_grad()
+    seen = {}
+    sft_step(model, batches, masks, torch.optim.SGD(model.parameters(), lr=0.0), ce,
+             on_grad=lambda lang, g: seen.setdefault(lang, g))  # fmt: skip
+    for n, p in model.named_parameters():
+        assert torch.allclose(p.grad, ref[n], atol=1e-7), n
+    for lang, pm in masks.items():
+        for n, m in pm.items():
+            assert not seen[lang][n][~m].any(), (lang, n)  # masked entries get no gradient from this language
+            assert seen[lang][n][m].any(), (lang, n)
+    # an entry off for ar but on for cs is updated by cs alone (half its gradient: the losses are averaged)
+    n = next(iter(masks["ar"]))
+    only_cs = ~masks["ar"][n] & masks["cs"][n]
+    assert torch.allclose(model.get_parameter(n).grad[only_cs], seen["cs"][n][only_cs] / 2, atol=1e-7)

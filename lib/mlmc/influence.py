@@ -1113,7 +1113,8 @@ def _checkpoint_list(checkpoints: Checkpoint | Sequence[Checkpoint]) -> list[Che
         raise ValueError("parameter 'checkpoints' is empty: pass at least one model or checkpoint directory")
     for c in items:
         if not isinstance(c, nn.Module) and not (isinstance(c, str | Path) and Path(c).is_dir()):
-            raise ValueError(f"parameter 'checkpoints': {c!r} is neither an nn.Module nor an existing directory")
+            what = repr(str(c)) if isinstance(c, str | Path) else f"a {type(c).__name__}"  # never dump a state dict
+            raise ValueError(f"parameter 'checkpoints': {what} is neither an nn.Module nor an existing directory")
     return items
 
 

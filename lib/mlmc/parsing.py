@@ -177,6 +177,29 @@ class BiaffineParser(nn.Module):
         return ParserOutput(loss, arc_logp, label_logits, heads, labels)
 
 
+def _piece_cap(lengths: Sequence[int], budget: int) -> int:
+    """The largest number of pieces per word that fits ``budget`` pieces (at least 1)."""
+    cap = max(lengths, default=1)
+    while cap > 1 and sum(min(n, cap) for n in lengths) > budget:
+        cap -= 1
+    return cap
+
+
+def _special_frame(tokenizer: PreTrainedTokenizerFast) -> tuple[list[int], list[int]]:
+    """The special-token ids the tokenizer puts before and after the pieces of one sentence (e.g. <s> ... </s>)."""
+    enc = tokenizer([["a"]], is_split_into_words=True, return_special_tokens_mask=True)
+    ids, special = enc["input_ids"][0], enc["special_tokens_mask"][0]
+    first = special.index(0)
+    last = len(special) - special[::-1].index(0)
+    return ids[:first], ids[last:]
+
+
+def max_pieces(tokenizer: PreTrainedTokenizerFast, max_length: int | None = None) -> int | None:
+    """Input length limit in pieces: ``max_length``, else the tokenizer's ``model_max_length`` (None if unset)."""
+    limit = max_length if max_length is not None else getattr(tokenizer, "model_max_length", None)
+    return None if limit is None or limit > 1_000_000 else int(limit)
+
+
 def collate_sentences(
     sentences: Sequence[Sentence],
     tokenizer: PreTrainedTokenizerFast,
@@ -185,10 +208,13 @@ def collate_sentences(
 ) -> dict[str, Any]:
     """Turn word-level sentences into a subword batch for :class:`BiaffineParser` (Ch. 02).
 
-    ``word_index[b, w]`` is the position of word ``w``'s first piece (from the fast tokenizer's ``word_ids``); a word
-    with no piece (dropped by the tokenizer or truncated away) points to the previous word's first piece. ``labels``
-    is the label vocabulary (:func:`mlmc.data.label_vocab`); the batch keeps the gold ``sentences`` and
-    ``label_names`` so that :func:`evaluate` can score and return predictions.
+    ``word_index[b, w]`` is the position of word ``w``'s first piece; a word with no piece points to the previous
+    word's first piece. Sentences longer than ``max_length`` pieces (default: the tokenizer's ``model_max_length``,
+    set to the encoder's positions by the chapter's loader) are shortened *per word*: every word keeps its first
+    ``m`` pieces, with the largest ``m`` that fits, so each word keeps its first piece (the one the parser reads);
+    only a sentence with more words than positions loses pieces of its last words, which then point to the last
+    kept piece. ``labels`` is the label vocabulary (:func:`mlmc.data.label_vocab`); the batch keeps the gold
+    ``sentences`` and ``label_names`` so that :func:`evaluate` can score and return predictions.
     """
     if not sentences:
         raise ValueError("parameter 'sentences' must hold at least one sentence")
@@ -198,37 +224,56 @@ def collate_sentences(
     unknown = sorted({d for s in sentences for d in s.deprels} - set(label2id))
     if unknown:
         raise ValueError(f"parameter 'labels' lacks deprel(s) {unknown}; build it with label_vocab over all treebanks")
-    enc = tokenizer(
-        [list(s.words) for s in sentences],
-        is_split_into_words=True,
-        padding=True,
-        truncation=True,
-        max_length=max_length,
-        return_tensors="pt",
-        return_special_tokens_mask=True,
-    )
+    pre, post = _special_frame(tokenizer)
+    limit = max_pieces(tokenizer, max_length)
+    budget = None if limit is None else limit - len(pre) - len(post)
+    if budget is not None and budget < 1:
+        raise ValueError(f"parameter 'max_length' must leave room for one piece besides special tokens, got {limit}")
+    enc = tokenizer([list(s.words) for s in sentences], is_split_into_words=True, add_special_tokens=False)
+    rows, firsts = [], []
+    for b, sent in enumerate(sentences):
+        pieces: list[list[int]] = [[] for _ in range(len(sent))]
+        for pos, w in enumerate(enc.word_ids(b)):
+            if w is not None:
+                pieces[w].append(enc["input_ids"][b][pos])
+        if budget is not None and sum(map(len, pieces)) > budget:
+            cap = _piece_cap([len(p) for p in pieces], budget)
+            pieces = [p[:cap] for p in pieces]
+            used = 0
+            for w, p in enumerate(pieces):  # more words than positions: the last words lose their pieces
+                pieces[w] = p[: max(0, budget - used)]
+                used += len(pieces[w])
+        ids, first, last = list(pre), [], 0
+        for p in pieces:
+            if p:
+                last = len(ids)
+            first.append(last)
+            ids += p
+        rows.append(ids + post)
+        firsts.append(first)
+    width = max(map(len, rows))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    attention = torch.zeros(len(rows), width, dtype=torch.long)
+    special = torch.ones(len(rows), width, dtype=torch.long)
     n_words = max(len(s) for s in sentences)
     word_index = torch.zeros(len(sentences), n_words, dtype=torch.long)
     word_mask = torch.zeros(len(sentences), n_words, dtype=torch.bool)
     heads = torch.zeros(len(sentences), n_words, dtype=torch.long)
     label_ids = torch.zeros(len(sentences), n_words, dtype=torch.long)
-    for b, sent in enumerate(sentences):
-        first: dict[int, int] = {}
-        for pos, w in enumerate(enc.word_ids(b)):
-            if w is not None and w not in first:
-                first[w] = pos
-        last = 0
-        for w in range(len(sent)):
-            last = first.get(w, last)
-            word_index[b, w] = last
+    for b, (sent, ids, first) in enumerate(zip(sentences, rows, firsts, strict=True)):
+        input_ids[b, : len(ids)] = torch.tensor(ids)
+        attention[b, : len(ids)] = 1
+        special[b, len(pre) : len(ids) - len(post)] = 0
         n = len(sent)
+        word_index[b, :n] = torch.tensor(first, dtype=torch.long)
         word_mask[b, :n] = True
         heads[b, :n] = torch.tensor(sent.heads)
         label_ids[b, :n] = torch.tensor([label2id[d] for d in sent.deprels])
     return {
-        "input_ids": enc["input_ids"],
-        "attention_mask": enc["attention_mask"],
-        "special_tokens_mask": enc["special_tokens_mask"],
+        "input_ids": input_ids,
+        "attention_mask": attention,
+        "special_tokens_mask": special,
         "word_index": word_index,
         "word_mask": word_mask,
         "heads": heads,

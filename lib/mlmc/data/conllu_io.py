@@ -75,12 +75,28 @@ def read_conllu(source: str | Path) -> list[Sentence]:
     as a path.
     """
     if _is_text(source):
-        return [_to_sentence(tl) for tl in conllu.parse(source)]
+        return _parse(source.removeprefix("\ufeff"), "CoNLL-U text")
     path = Path(source)
     if not path.is_file():
         raise ValueError(f"parameter 'source' must be CoNLL-U text or an existing file, got {str(source)!r}")
-    with path.open(encoding="utf-8") as handle:
-        return [_to_sentence(tl) for tl in conllu.parse_incr(handle)]
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # utf-8-sig: a leading byte-order mark is dropped
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise ValueError(f"{path}, line {line}: not valid UTF-8 ({err.reason})") from None
+    return _parse(text, str(path))
+
+
+def _parse(text: str, where: str) -> list[Sentence]:
+    """Parse CoNLL-U text; a malformed word line fails naming ``where`` and the line number."""
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip() and not line.startswith("#") and len(line.split("\t")) != 10:
+            raise ValueError(f"{where}, line {n}: a word line needs 10 tab-separated columns, got "
+                             f"{len(line.split(chr(9)))}: {line[:60]!r}")  # fmt: skip
+    try:
+        return [_to_sentence(tl) for tl in conllu.parse(text)]
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
 
 
 def write_conllu(sentences: Iterable[Sentence], path: str | Path | None = None) -> str:

@@ -15,9 +15,11 @@ Each CSV file in this folder is one table, loaded with ``load(name)``. Sources:
   ``meta_*`` is first-order MAML. Each has ``full`` (no masks), ``sn_static`` (static subnetworks) and ``sn_dyna``
   (dynamic subnetworks). The values were parsed from the thesis text and checked against its printed averages.
   Used by chapter 02.
-- ``ch4_thesis``: the other numbers of thesis chapter 4 in long format: Table 4.1 (mean LAS and best-system share),
-  Table 4.3 (unseen and rare labels), Table 4.4 (training-language LAS and heads switched off), Table 4.5 (selection
-  vs protection) and Table 4.6 (gradient conflicts). Used by chapter 02.
+- ``ch4_thesis``: the other numbers of thesis chapter 4 in long format, each row labelled (``table``, ``source``) by
+  where it is printed: Table 4.1 (mean LAS and best-system share), ``T4.2`` for the total-average row of Table 4.2
+  (UDify retrained on the 8 training treebanks, 38.66 LAS), Table 4.3 (unseen and rare labels), Table 4.4
+  (training-language LAS and heads switched off), Table 4.5 (selection vs protection), Table 4.6 (gradient
+  conflicts) and ``S4.7.2`` for the Pearson correlations given in the prose of §4.7.2. Used by chapter 02.
 - ``ch6_thesis`` (chapter 04): numbers of thesis chapter 6 (Choenni, Shutova & van Rooij, EMNLP 2021) in long format:
   Table 6.2 (stereotype rows per category; rows per engine counted in the released data), recall@200 per category and
   mean recall@k of Fig. 6.1, cross-model RSA (Fig. D.3), mean Δρ after fine-tuning per news source and data fraction

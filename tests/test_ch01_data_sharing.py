@@ -1,5 +1,5 @@
 """Chapter 01 (data sharing, thesis ch. 3): the notebook end to end on the smoke profile, parameter validation before
-compute, the drivers of mlmc.sharing_experiments against independent computations, and (slow) the planted signal."""
+compute, the drivers of mlmc.chapters.data_sharing against independent computations, and (slow) the planted signal."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import torch
 from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
 
 from mlmc import crossling, zoo
-from mlmc import sharing_experiments as se
+from mlmc import evidence as ev
 from mlmc.book import ChapterFailed, run_chapter
+from mlmc.chapters import data_sharing as se
 from mlmc.world import World
 
 PAWSX = ("de", "en", "es", "fr", "ko")
@@ -93,7 +94,9 @@ def plan(**changes) -> se.Plan:
         ({"k": 41}, "parameter 'k' must be <= the number of training examples \\(40\\)"),  # zero-shot: 4 languages
         ({"k_grid": (2, 60)}, "parameter 'k_grid'"),
         ({"zero_shot_langs": ("zh",)}, "parameter 'zero_shot_langs'"),
-        ({"n_test": 7}, "parameter 'n_test' must be <= 6"),
+        ({"n_test": 7}, "parameter 'n_test_per_lang' must be <= 6"),
+        ({"n_train": 0}, "parameter 'n_train_per_lang' must be >= 1"),
+        ({"n_dev": 0}, "parameter 'n_dev_per_lang' must be >= 1"),
         ({"lr": {"paraphrase": 1e-3}}, "parameter 'lr' needs a learning rate for task 'sentiment'"),
         ({"lr": {"paraphrase": 1e-3, "sentiment": -1.0}}, "parameter 'lr\\[sentiment\\]' must be > 0"),
         ({"best_epoch": {"paraphrase": 3}}, "parameter 'best_epoch\\[paraphrase\\]' must be <= 2"),
@@ -112,6 +115,12 @@ def plan(**changes) -> se.Plan:
 def test_plan_validation_names_the_parameter(changes, match):
     with pytest.raises(ValueError, match=match):
         plan(**changes).validate(World(0))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_without_a_gpu_fails_before_any_other_check():
+    with pytest.raises(ValueError, match="parameter 'device'='cuda' needs a GPU"):
+        plan(device="cuda", tasks=("nli",)).validate(World(0))
 
 
 def test_per_task_training_size_overrides_the_default():
@@ -290,3 +299,117 @@ def test_worker_processes_give_the_same_scores(tiny_model):
     for name in ("a", "b"):
         assert np.array_equal(serial[name].per_epoch, parallel[name].per_epoch)
         assert serial[name].test_meta["uid"].tolist() == parallel[name].test_meta["uid"].tolist()
+
+
+# ---- worker processes ------------------------------------------------------------------------------------------
+def _pool_workers() -> list:
+    import psutil
+
+    kids = psutil.Process().children(recursive=True)
+    return [p for p in kids if p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+            and "resource_tracker" not in " ".join(p.cmdline())]  # fmt: skip
+
+
+def test_a_failing_job_leaves_no_worker_processes(tmp_path):
+    bad = replace(job(), train=se.TrainSpec(str(tmp_path / "no-such-model"), 1e-3, 1))
+    with pytest.raises(Exception, match="no-such-model"):
+        se.run_jobs([replace(bad, name="a"), replace(bad, name="b", data=replace(bad.data, seed=4))], workers=2,
+                    progress=False)  # fmt: skip
+    assert not _pool_workers(), [p.cmdline() for p in _pool_workers()]
+    assert 2 not in se._POOLS  # a later call starts a fresh pool
+
+
+# ---- planted checks (mlmc.evidence) ----------------------------------------------------------------------------
+def planted_inputs(seed: int = 0, n: int = 60) -> dict[str, np.ndarray]:
+    """Check inputs on the grid of top-20 shares (multiples of 5 points, so ties are everywhere), with the planted
+    structure of the world: fine-tuning shares, the untrained model is self-reliant; P_k removal hurts."""
+    rng = np.random.default_rng(seed)
+    grid = lambda mu, sd, size=n: np.clip(np.round(rng.normal(mu, sd, size) / 5) * 5, -100, 100)  # noqa: E731
+    return {
+        "in_language_ft": grid(45, 10), "in_language_untr": grid(95, 5),
+        "isolate_gap_ft": grid(20, 10, 12), "isolate_gap_untr": grid(10, 5, 12),
+        "closest_lead_ft": grid(5, 10, 48), "closest_lead_untr": grid(0, 3, 48),
+        "neg_isolate_share_ft": grid(10, 8, 48), "neg_isolate_share_untr": grid(2, 3, 48),
+        "neg_isolate_lead_ft": grid(-2, 8, 48), "neg_isolate_lead_untr": grid(-1, 2, 48),
+        "reinforcing_ft": grid(30, 15), "reinforcing_untr": grid(25, 15),
+        "offdiag_ft": grid(12, 6, 20), "offdiag_untr": grid(4, 4, 20),
+        "offdiag_sim": np.round(rng.uniform(0, 1, 20), 1),
+        "zs_es_correct": (rng.uniform(size=30) < 0.8).astype(float), "zs_es_majority": np.r_[np.ones(18), np.zeros(12)],
+        "zs_ko_correct": (rng.uniform(size=30) < 0.6).astype(float), "zs_ko_majority": np.r_[np.ones(18), np.zeros(12)],
+        "imbalance_rise": grid(15, 10, 20), "imbalance_rise_random": grid(10, 10, 20),
+        "ksel_positive": rng.normal(-20, 5, 10), "ksel_random": rng.normal(-2, 5, 10),
+    }  # fmt: skip
+
+
+def test_checks_label_what_the_untrained_model_also_shows_as_consistency():
+    x = planted_inputs()
+    checks = {c.claim.split(":")[0].split(" (")[0]: c for c in se.sharing_checks(x, 20.0, "ko")}
+    assert checks["fine-tuning creates sharing"].kind == "planted" and checks["fine-tuning creates sharing"].passed
+    assert checks["in-language share of the positive top-k above the data share"].kind == "consistency"
+    assert checks["translations of the in-language proponents rank high"].kind == "consistency"
+    assert checks["removing P_k and retraining lowers the gold-label confidence more than removing k random examples"
+                  ].passed  # fmt: skip
+    assert {c.claim for c in checks.values() if c.asserted} == {
+        c.claim for c in checks.values() if c.claim.startswith(("fine-tuning creates", "removing P_k"))
+    }
+    # without the untrained model there is no control: nothing is evidence but the majority and random controls
+    no_ctrl = {k: v for k, v in x.items() if not k.endswith("_untr")}
+    kinds = {c.claim.split(":")[0]: c.kind for c in se.sharing_checks(no_ctrl, 20.0, "ko")}
+    assert kinds["in-language share of the positive top-k above the data share (20%)"] == "consistency"
+
+
+def test_asserted_checks_fail_on_their_controls_outputs():
+    """Meta-test: each asserted check, fed its control's outputs as the measured sample, does not pass."""
+    x = planted_inputs()
+    swapped = dict(x, in_language_ft=x["in_language_untr"], ksel_positive=x["ksel_random"])
+    for c in se.sharing_checks(swapped, 20.0, "ko"):
+        if c.asserted:
+            assert not c.passed, c.claim
+    for c in se.sharing_checks(x, 20.0, "ko"):
+        if c.asserted:
+            assert ev.control_fails(c), c.claim
+
+
+def test_check_verdicts_do_not_flip_under_jitter():
+    x = planted_inputs()
+    keys = list(x)
+    assert ev.jitter_stable(lambda *a: se.sharing_checks(dict(zip(keys, a, strict=True)), 20.0, "ko"), *x.values())
+
+
+def test_check_inputs_from_runs_match_the_tables(tmp_path):
+    """Per-item shares pooled over runs average to the C+ tables; the untrained control enters with its own scores."""
+    runs = []
+    for s in (0, 1):
+        r = fake_run(f"f{s}", n_test=4, seed=s, test_uids=["a:t0", "a:t1", "b:t2", "b:t3"])
+        r.untrained = np.random.default_rng(9 + s).normal(size=r.per_epoch.shape[1:])
+        runs.append(r)
+    sim = pd.DataFrame([[1.0, 0.3], [0.3, 1.0]], index=["a", "b"], columns=["a", "b"])
+    x = se.check_inputs(runs, 3, sim, "b")
+    table = se.average_shares(runs, 3)
+    assert x["in_language_ft"].mean() == pytest.approx(np.mean([table.loc[a, a] for a in table.index]))
+    untr = se.average_shares(runs, 3, untrained=True)
+    assert x["in_language_untr"].mean() == pytest.approx(np.mean([untr.loc[a, a] for a in untr.index]))
+    assert x["isolate_gap_ft"].size == 4 and x["offdiag_ft"].size == 2
+
+
+def test_committed_chapter_asserts_only_checks_whose_control_fails():
+    """Meta-test on the committed default-profile chapter: the evidence records it embeds."""
+    from pathlib import Path
+
+    nb = nbformat.read(Path(__file__).resolve().parents[1] / "book" / "chapters" / "01_data_sharing.ipynb", 4)
+    records = [r for c in nb.cells for o in c.get("outputs", []) for r in
+               o.get("data", {}).get(ev.MIME, {}).get("checks", [])]  # fmt: skip
+    assert records, "the chapter shows its checks with ev.show"
+    for r in records:
+        assert (r["kind"] == "consistency") == (r["control_verdict"] == "pass"), r["claim"]
+        if r["asserted"]:
+            assert r["verdict"] == "pass" and r["control_verdict"] != "pass", r["claim"]
+
+
+def test_a_state_dict_passed_as_a_checkpoint_is_named_not_dumped():
+    from mlmc import influence
+
+    state = {f"layer{i}.weight": torch.zeros(50, 50) for i in range(3)}
+    with pytest.raises(ValueError, match="parameter 'checkpoints': a dict is neither") as info:
+        influence.tracin([state], [([1, 2], 0)], [([1, 2], 0)])
+    assert len(str(info.value)) < 200 and "tensor" not in str(info.value)

@@ -1,4 +1,4 @@
-"""Chapter 02 drivers (mlmc.subnet_experiments): data loading for world and UD, parameter checks, stage-2 runs."""
+"""Chapter 02 drivers (mlmc.chapters.subnetworks): data loading for world and UD, parameter checks, stage-2 runs."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from transformers import XLMRobertaConfig, XLMRobertaModel
 
 from mlmc import reference
-from mlmc import subnet_experiments as sx
+from mlmc.chapters import subnetworks as sx
 from mlmc.heads import head_param_slices
 from mlmc.world import World
 from mlmc.zoo import train_tokenizer
@@ -264,6 +264,104 @@ def test_bad_parameters_fail_with_the_parameter_named(world, over, match):
         sx.check_params(_params(**over), world)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_without_a_gpu_fails_first(world):
+    with pytest.raises(ValueError, match="parameter 'device'='cuda' needs a GPU"):
+        sx.check_params(_params(device="cuda", stage2_iters=-5), world)
+
+
+def test_the_default_path_never_reads_uriel(world, monkeypatch):
+    """lang2vec (the optional ``full`` extra) cannot change a default-profile number: the world path never imports
+    mlmc.typology, and its typology cosines are rounded (stable across CPUs)."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "lang2vec", None)
+    monkeypatch.setitem(sys.modules, "mlmc.typology", None)  # any import of it would fail here
+    d = sx.load_parsing_data("world", "en", TRAIN, TEST, n_source=4, n_train=4, n_dev=2, n_test=2, n_support=2,
+                             world=world)  # fmt: skip
+    assert d.similarity.equals(d.similarity.round(6))
+    assert d.transfer == {x: world.nearest(x, TRAIN) for x in TEST}
+
+
+# ------------------------------------------------------------------------------------------ planted checks
+def planted_inputs(seed: int = 0) -> dict:
+    """Check inputs with the chapter's structure: typology cosines with three distinct values (ties), LAS on a 0.1
+    grid, pretrained languages better, no systematic mask effect."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    cos = np.array([0.62, 0.62, 0.85, 0.85, 0.85, 1.0, 1.0, 0.62, 0.85, 1.0, 0.62, 0.85, 1.0])
+    las = np.round(40 + 20 * cos + rng.normal(0, 4, 13), 1)
+    return {
+        "transfer_is_nearest": np.ones(13), "transfer_random": (rng.uniform(size=13) < 1 / 7).astype(float),
+        "fs_cosine": cos, "fs_las": las,
+        "las_pretrained": np.round(rng.normal(65, 5, 18), 1), "las_unseen": np.round(rng.normal(40, 5, 21), 1),
+        "pair_typology": np.round(rng.uniform(0.5, 1, 21), 6), "pair_jaccard": np.round(rng.uniform(0, 0.5, 21), 6),
+        "pair_importance": np.round(rng.uniform(0.8, 1, 21), 6),
+        "train_static": np.round(rng.normal(85, 2, 7), 1), "train_full": np.round(rng.normal(85, 2, 7), 1),
+        "train_random": np.round(rng.normal(85, 2, 7), 1),
+        "fs_static": np.round(las.repeat(3) + rng.normal(0, 1, 39), 1), "fs_full": las.repeat(3),
+        "gain_static": np.round(rng.normal(0, 1, 13), 1),
+        "conflict_full": np.array([57.1, 61.9, 52.4, 57.1, 57.1]), "conflict_static": np.array([57.1, 52.4, 57.1,
+                                                                                               61.9, 57.1]),
+    }  # fmt: skip
+
+
+def test_transfer_nearest_is_a_consistency_check_and_pretraining_is_asserted():
+    from mlmc import evidence as ev
+
+    checks = {c.claim: c for c in sx.subnet_checks(planted_inputs())}
+    nearest = [c for name, c in checks.items() if name.startswith("transfer language")]
+    assert nearest[0].kind == "consistency" and not nearest[0].asserted
+    asserted = [c for c in checks.values() if c.asserted]
+    assert [c.claim for c in asserted] == [n for n in checks if n.startswith("test languages seen in pretraining")]
+    assert all(c.passed and ev.control_fails(c) for c in asserted)
+    typ = [c for name, c in checks.items() if name.startswith("few-shot LAS rises")][0]
+    assert 0 <= typ.p_value <= 1 and typ.statistic == "spearman correlation"
+    assert not sx.subnet_checks(planted_inputs(), asserted=False)[0].asserted
+
+
+def test_subnet_asserted_checks_fail_on_their_controls_outputs():
+    x = planted_inputs()
+    swapped = dict(x, las_pretrained=x["las_unseen"])
+    assert all(not c.passed for c in sx.subnet_checks(swapped) if c.asserted)
+
+
+def test_subnet_check_verdicts_do_not_flip_under_jitter():
+    from mlmc import evidence as ev
+
+    x = planted_inputs()
+    keys = list(x)
+    assert ev.jitter_stable(lambda *a: sx.subnet_checks(dict(zip(keys, a, strict=True))), *x.values())
+
+
+def test_tiny_samples_skip_checks_instead_of_failing():
+    x = {k: v[:2] for k, v in planted_inputs().items()}  # e.g. the smoke profile: 2 training languages
+    claims = [c.claim for c in sx.subnet_checks(x)]
+    assert not any("correlation" in c for c in claims) and any(c.startswith("SN_static beats FULL") for c in claims)
+
+
+def test_stop_reasons_tell_the_cap_from_the_stop_rule():
+    hist = pd.DataFrame({"lang": ["a"] * 3 + ["b"] * 2, "seed": 0, "round": [0, 1, 2, 0, 1],
+                         "accepted": [True, True, False, True, True]})  # fmt: skip
+    assert sx.stop_reasons(hist).to_dict() == {("a", 0): "stop rule", ("b", 0): "cap"}
+
+
+def test_committed_chapter_asserts_only_checks_whose_control_fails():
+    import nbformat
+
+    from mlmc import evidence as ev
+
+    nb = nbformat.read(ROOT / "book" / "chapters" / "02_subnetworks.ipynb", 4)
+    records = [r for c in nb.cells for o in c.get("outputs", []) for r in
+               o.get("data", {}).get(ev.MIME, {}).get("checks", [])]  # fmt: skip
+    assert records, "the chapter shows its checks with ev.show"
+    for r in records:
+        assert r["kind"] == "consistency" or r["control_verdict"] != "pass", r["claim"]
+        if r["asserted"]:
+            assert r["verdict"] == "pass" and r["control_verdict"] != "pass", r["claim"]
+
+
 # ---------------------------------------------------------------------------------------- training runs
 def test_stage2_rejects_a_mask_of_the_wrong_shape_before_training(data, tokenizer, parser):
     before = copy.deepcopy(parser.state_dict())
@@ -344,3 +442,68 @@ def test_selection_protection_best_share_and_pct_off():
     assert sx.best_share(table, ["a", "b"]).round(1).to_dict() == {"a": 66.7, "b": 66.7}
     assert sx.pct_off(m["ar"]) == 50.0 and sx.pct_off(None) == 0.0
     assert sx.pct_off({"w": torch.tensor([True, False, False, False])}) == 75.0
+
+
+# ------------------------------------------------------------------ long sentences through every zoo encoder
+def _shared_ud() -> Path:
+    import os
+
+    return Path(os.environ.get("MLMC_SHARED_DATA", ROOT.parent / "shared" / "data")) / "ud"
+
+
+def _joined(sents, n_words: int):
+    """One long sentence made of consecutive sentences: later roots attach to the first one as ``parataxis``."""
+    from mlmc.data import Sentence
+
+    words, heads, rels, root = [], [], [], 0
+    for s in sents:
+        off = len(words)
+        for h, d in zip(s.heads, s.deprels, strict=True):
+            if h == 0 and off:
+                heads.append(root)
+                rels.append("parataxis")
+            else:
+                heads.append(h + off if h else 0)
+                rels.append(d)
+        root = root or s.heads.index(0) + 1
+        words += s.words
+        if len(words) >= n_words:
+            break
+    return Sentence(words, heads, rels, ["X"] * len(words))
+
+
+def _parse_long(encoder: str, world, sent) -> None:
+    from mlmc.data import label_vocab
+
+    enc, tok = sx.load_encoder(encoder, world=world)
+    limit = sx.positions(enc)
+    assert tok.model_max_length == limit
+    labels = label_vocab([[sent]])
+    batch = sx.collate(tok, [sent], labels)
+    assert batch["input_ids"].shape[1] <= limit < len(tok(sent.words, is_split_into_words=True)["input_ids"])
+    parser = sx.make_parser(enc, len(labels), 16, 8, 0.0, 0).eval()
+    res = sx.evaluate(parser, [batch])
+    assert res["n_words"] == len(sent)
+
+
+@pytest.mark.parametrize("encoder", [n for n in sx.zoo.NAMES if sx.zoo.recipe(n).arch == "xlmr"])
+def test_sentences_longer_than_the_positions_parse_on_every_zoo_encoder(encoder, world):
+    sents = read_world(world, 60)
+    _parse_long(encoder, world, _joined(sents, 150))
+
+
+def read_world(world, n):
+    from mlmc.data import read_conllu
+
+    return read_conllu(world.treebank("en", n, "test", seed=0))
+
+
+@pytest.mark.shared_data
+def test_longest_real_english_pud_sentence_parses_on_the_zoo_encoder(world):
+    from mlmc.data import read_conllu
+
+    path = _shared_ud() / "UD_English-PUD" / "en_pud-ud-test.conllu"
+    if not path.is_file():
+        pytest.skip(f"real-data sample not found at {path}")
+    longest = max(read_conllu(path), key=len)
+    _parse_long("tiny-xlmr", world, longest)

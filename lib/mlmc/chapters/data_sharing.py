@@ -1,4 +1,4 @@
-"""Chapter 01 drivers: fine-tune, trace with TracIn and analyse cross-lingual data sharing (thesis ch. 3).
+"""Chapter 01 driver (`01_data_sharing`): fine-tune, trace with TracIn, analyse cross-lingual data sharing (ch. 3).
 
 Thin functions composed from the kernels, so that the notebook reads as the experiment:
 
@@ -17,6 +17,7 @@ Thin functions composed from the kernels, so that the notebook reads as the expe
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import os
 import signal
 import tempfile
@@ -37,7 +38,7 @@ from mlmc import crossling, influence, zoo
 from mlmc import models as mlmc_models
 from mlmc import train as mlmc_train
 from mlmc.data import classification
-from mlmc.errors import check_choice, check_int, check_positive, check_subset
+from mlmc.errors import check_choice, check_device, check_int, check_positive, check_subset
 from mlmc.utils import set_threads
 from mlmc.world import World
 
@@ -151,8 +152,8 @@ class RunResult:
     """What a job returns: training history and best epoch, the training rows (``train_meta``: uid, lang, cid,
     label), the traced tests (``test_meta``: uid, lang, cid, label, text_a, text_b, p_label), TracIn scores
     ``per_epoch`` [E, n_test, n_train] (and ``untrained`` [n_test, n_train] of the untrained-model control), the
-    train examples' texts, the accuracy on the whole test pool per test language (``pool_acc``), and wall/CPU
-    seconds per stage."""
+    train examples' texts, the accuracy on the whole test pool per test language (``pool_acc``; per example in
+    ``pool_meta``: uid, lang, label, p_label), and wall/CPU seconds per stage."""
 
     name: str
     history: pd.DataFrame
@@ -163,6 +164,7 @@ class RunResult:
     untrained: np.ndarray | None = None
     train_text: pd.DataFrame | None = None
     pool_acc: dict[str, float] = field(default_factory=dict)
+    pool_meta: pd.DataFrame | None = None
     timing: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -268,7 +270,8 @@ def run_job(job: Job, progress: bool = False) -> RunResult:
         pool_langs = np.asarray(pool["lang"])
         pool_acc = {lang: float((p_label[pool_langs == lang] > 0.5).mean()) for lang in dict.fromkeys(pool_langs)}
         train_meta = train.select_columns(["uid", "lang", "cid", "label"]).to_pandas()
-        result = RunResult(job.name, res.history, best, train_meta, test_meta, pool_acc=pool_acc)
+        pool_meta = pool.select_columns(["uid", "lang", "label"]).to_pandas().assign(p_label=p_label)
+        result = RunResult(job.name, res.history, best, train_meta, test_meta, pool_acc=pool_acc, pool_meta=pool_meta)
         if job.trace is not None and len(tests):
             tr = job.trace
             ckpts = res.checkpoints[:best] if tr.epochs == "upto_best" else res.checkpoints
@@ -304,8 +307,25 @@ def _pool(workers: int) -> ProcessPoolExecutor:
     """A pool of ``workers`` spawned processes, kept for later calls (starting one costs seconds of imports)."""
     if workers not in _POOLS:
         _POOLS[workers] = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init)
-        atexit.register(_POOLS[workers].shutdown)
+        atexit.register(_close_pool, workers)
     return _POOLS[workers]
+
+
+def _close_pool(workers: int) -> None:
+    """Cancel pending jobs, terminate the pool's worker processes and forget the pool."""
+    pool = _POOLS.pop(workers, None)
+    if pool is None:
+        return
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        if proc.is_alive():
+            proc.terminate()
+    for proc in procs:
+        proc.join(timeout=5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(timeout=5)
 
 
 def run_jobs(jobs: Sequence[Job], workers: int = 1, progress: bool = True) -> dict[str, RunResult]:
@@ -326,10 +346,15 @@ def run_jobs(jobs: Sequence[Job], workers: int = 1, progress: bool = True) -> di
             done[job.name] = run_job(job)
             bar.update()
     else:
-        futures = {_pool(workers).submit(run_job, job): job.name for job in todo}
-        for fut in as_completed(futures):
-            done[futures[fut]] = fut.result()
-            bar.update()
+        pool = _pool(workers)
+        try:
+            futures = {pool.submit(run_job, job): job.name for job in todo}
+            for fut in as_completed(futures):
+                done[futures[fut]] = fut.result()
+                bar.update()
+        except BaseException:  # a failing job, Ctrl-C or a kernel interrupt: stop every worker, leave no orphans
+            _close_pool(workers)
+            raise
     bar.close()
     return {j.name: done[unique[replace(j, name="")]] for j in jobs}
 
@@ -548,6 +573,12 @@ def resolve_model(name: str, world_seed: int) -> str:
 
 
 # ------------------------------------------------------------------------------------------------- the plan
+# Plan fields -> the chapter parameter a reader typed (errors name the parameter, not the field).
+PARAM_NAMES = {"n_train": "n_train_per_lang", "n_dev": "n_dev_per_lang", "n_test_pool": "n_test_pool_per_lang",
+               "n_test": "n_test_per_lang", "epochs": "epochs", "batch_size": "batch_size",
+               "max_length": "max_length"}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Plan:
     """Every compute setting of chapter 01, validated at once (:meth:`validate`) before anything runs, and the jobs
@@ -592,6 +623,7 @@ class Plan:
     def validate(self, world: World) -> Plan:
         """Raise ``ValueError`` naming the first bad parameter (unknown task or language, an empty language list,
         k larger than a training set, ...); return ``self``."""
+        check_device("device", self.device)
         check_subset("tasks", self.tasks, TASKS)
         check_choice("focus_task", self.focus_task, TASKS)
         bad = sorted(set(self.data) - set(TASKS))
@@ -607,9 +639,9 @@ class Plan:
                 )
             check_langs(task, self.langs[task], self.data.get(task), world, f"langs[{task}]")
         check_langs(self.focus_task, self.focus_langs, self.data.get(self.focus_task), world, "focus_langs")
-        for name in ("n_train", "n_dev", "n_test_pool", "n_test", "epochs", "batch_size", "max_length"):
-            check_int(name, getattr(self, name), 1)
-        check_int("n_test", self.n_test, 1, self.n_test_pool)
+        for field_, name in PARAM_NAMES.items():
+            check_int(name, getattr(self, field_), 1)
+        check_int("n_test_per_lang", self.n_test, 1, self.n_test_pool)
         for task, n in self.n_train_task.items():
             check_choice("n_train_task", task, TASKS)
             check_int(f"n_train_task[{task}]", n, 1)
@@ -634,8 +666,6 @@ class Plan:
         check_int("projection_dim", self.trace.projection_dim, 0)
         check_int("trace_batch_size", self.trace.batch_size, 1)
         check_choice("trace_epochs", self.trace.epochs, TRACE_EPOCHS)
-        if not (self.device == "cpu" or self.device.startswith("cuda")):
-            raise ValueError(f"parameter 'device' must be 'cpu' or 'cuda[:n]', got {self.device!r}")
         n_main = min(self.n_train_for(t) * len(self.langs[t]) for t in self.tasks)
         check_k("k", self.k, min(n_main, self.n_train_for(self.focus_task) * len(self.focus_langs)))
         for name in ("zero_shot_langs", "imbalance_langs", "k_selection_langs"):
@@ -698,3 +728,215 @@ class Plan:
                                         test_langs=tuple(self.k_selection_langs), test_uids=tests,
                                         eval_epoch=focus.best_epoch))  # fmt: skip
         return jobs
+
+
+# ------------------------------------------------------------------------------------------- planted checks
+def item_shares(run: RunResult, k: int, sign: int = 1, scores: np.ndarray | None = None) -> pd.DataFrame:
+    """Per traced test example: % of its top-k (positive or negative) in each training language, [n_test, langs]."""
+    s = run.total if scores is None else scores
+    top = influence.topk(torch.as_tensor(s), k, sign).numpy()
+    top_lang = run.train_meta["lang"].to_numpy()[top]
+    langs = run.langs
+    return pd.DataFrame({b: 100.0 * (top_lang == b).mean(axis=1) for b in langs}, index=run.test_meta.index)
+
+
+def item_reinforcing(run: RunResult, k: int, scores: np.ndarray | None = None) -> np.ndarray:
+    """Per traced test example with other-language proponents: reinforcing rate minus its chance level (points)."""
+    s = run.total if scores is None else scores
+    top = influence.topk(torch.as_tensor(s), k, 1).numpy()
+    out = []
+    for t in range(len(run.test_meta)):
+        r = crossling.reinforcing_rate(top[t : t + 1], run.train_meta, run.test_meta.iloc[t : t + 1], run.langs)
+        row = r.iloc[0]
+        if row["n_other"]:
+            out.append(row["reinforcing"] - row["chance"])
+    return np.asarray(out, dtype=float)
+
+
+def _self_and_neighbours(shares_: pd.DataFrame, test_lang: np.ndarray, sim: pd.DataFrame, iso: str) -> dict:
+    """Per-item statistics of one run: in-language share, the isolate's self-reliance gap, the closest language's
+    lead among the other languages, and the isolate's share (and lead) in another language's top-k."""
+    langs = list(shares_.columns)
+    own = np.array([shares_.iloc[i][a] for i, a in enumerate(test_lang)])
+    non_iso = test_lang != iso
+    closest_lead, iso_share, iso_lead = [], [], []
+    for i, a in enumerate(test_lang):
+        if a == iso:
+            continue
+        others = [b for b in langs if b != a]
+        row = shares_.iloc[i]
+        near = closest(sim.loc[langs, langs], a)
+        closest_lead.append(row[near] - row[[b for b in others if b != near]].mean())
+        iso_share.append(row[iso])
+        iso_lead.append(row[iso] - row[[b for b in others if b != iso]].mean())
+    return {
+        "in_language": own,
+        "isolate_gap": own[~non_iso] - own[non_iso].mean() if non_iso.any() else np.array([]),
+        "closest_lead": np.asarray(closest_lead),
+        "isolate_share": np.asarray(iso_share),
+        "isolate_lead": np.asarray(iso_lead),
+    }
+
+
+def check_inputs(
+    focus: Sequence[RunResult],
+    k: int,
+    sim: pd.DataFrame,
+    iso: str,
+    zero_shot: dict[str, RunResult] | None = None,
+    imbalance: dict[tuple[str, int], RunResult] | None = None,
+    k_selection: dict[tuple[str, int], RunResult] | None = None,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """The per-unit samples behind :func:`sharing_checks`, pooled over the focus seeds (units: traced test examples
+    of every seed), for the fine-tuned model (``*_ft``) and its untrained-model control (``*_untr``); the zero-shot
+    pools' correctness against always answering the majority label; the imbalance runs' rise of the in-language share
+    against random top-k sets (which move with the data share alone); and the change of confidence after removing
+    P_k or k random examples per test (largest k)."""
+    x: dict[str, list] = {}
+    for r in focus:
+        tl = r.test_meta["lang"].to_numpy()
+        for tag, scores in (("ft", None), ("untr", r.untrained)):
+            if tag == "untr" and scores is None:
+                continue
+            pos = _self_and_neighbours(item_shares(r, k, 1, scores), tl, sim, iso)
+            neg = _self_and_neighbours(item_shares(r, k, -1, scores), tl, sim, iso)
+            for name in ("in_language", "isolate_gap", "closest_lead"):
+                x.setdefault(f"{name}_{tag}", []).append(pos[name])
+            x.setdefault(f"neg_isolate_share_{tag}", []).append(neg["isolate_share"])
+            x.setdefault(f"neg_isolate_lead_{tag}", []).append(neg["isolate_lead"])
+            x.setdefault(f"reinforcing_{tag}", []).append(item_reinforcing(r, k, scores))
+    out = {name: np.concatenate(v) for name, v in x.items()}
+    c_ft = average_shares(focus, k, 1)
+    out["offdiag_ft"], out["offdiag_sim"] = _offdiag(c_ft, sim)
+    if all(r.untrained is not None for r in focus):
+        out["offdiag_untr"] = _offdiag(average_shares(focus, k, 1, untrained=True), sim)[0]
+    for lang, zs in (zero_shot or {}).items():
+        pool = zs.pool_meta[zs.pool_meta["lang"] == lang]
+        labels = pool["label"].to_numpy()
+        majority = int(np.bincount(labels, minlength=2).argmax())
+        out[f"zs_{lang}_correct"] = ((pool["p_label"] > 0.5).to_numpy()).astype(float)
+        out[f"zs_{lang}_majority"] = (labels == majority).astype(float)
+    base = focus[0]
+    rng = np.random.default_rng(seed)
+    rises, random_rises = [], []
+    for (lang, _p), r in (imbalance or {}).items():
+        where = {u: i for i, u in enumerate(base.test_meta["uid"])}
+        b_sh, r_sh = item_shares(base, k, 1), item_shares(r, k, 1)
+        b_lang, r_lang = base.train_meta["lang"].to_numpy() == lang, r.train_meta["lang"].to_numpy() == lang
+        for j, u in enumerate(r.test_meta["uid"]):
+            if r.test_meta["lang"].iloc[j] != lang or u not in where:
+                continue
+            rises.append(r_sh.iloc[j][lang] - b_sh.iloc[where[u]][lang])
+            draw_b = rng.choice(len(b_lang), size=k, replace=False)
+            draw_r = rng.choice(len(r_lang), size=k, replace=False)
+            random_rises.append(100.0 * (r_lang[draw_r].mean() - b_lang[draw_b].mean()))
+    if rises:
+        out["imbalance_rise"], out["imbalance_rise_random"] = np.asarray(rises), np.asarray(random_rises)
+    if k_selection:
+        kmax = max(kk for _, kk in k_selection)
+        pos = confidence_change(base, k_selection[("positive", kmax)])["delta_conf"]
+        rnd = confidence_change(base, k_selection[("random", kmax)])["delta_conf"]
+        both = pos.index.intersection(rnd.index)
+        out["ksel_positive"], out["ksel_random"] = pos.loc[both].to_numpy(), rnd.loc[both].to_numpy()
+    return out
+
+
+def _offdiag(c_plus: pd.DataFrame, similarity: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    pairs = [(a, b) for a in c_plus.index for b in c_plus.columns if a != b]
+    return (np.array([c_plus.loc[a, b] for a, b in pairs]), np.array([similarity.loc[a, b] for a, b in pairs]))
+
+
+def _enough(fn, *samples) -> bool:
+    """Whether every sample has enough units for the check (3 for a correlation, 2 otherwise)."""
+    need = 3 if fn.__name__ == "correlation" else 2
+    arrays = [np.ravel(a) for a in samples if isinstance(a, np.ndarray | pd.Series | list | tuple)]
+    return all(a.size >= need for a in arrays)
+
+
+# Checks asserted by the chapter (a regression fails its notebook test); every threshold below is 0, fixed in advance.
+ASSERTED = ("sharing_learned", "ksel")
+
+
+def sharing_checks(x: dict[str, np.ndarray], share: float, iso: str, seed: int = 0) -> list:
+    """The chapter's planted-truth checks (:mod:`mlmc.evidence`) from :func:`check_inputs`. Thresholds and the
+    asserted checks (:data:`ASSERTED`) are fixed in advance; checks whose untrained-model control passes too are
+    labelled consistency checks by the kernel."""
+    from mlmc import evidence as ev
+
+    checks = []
+    untr = "in_language_untr" in x
+    unit = "test examples x seeds"
+
+    def add(key: str, fn, claim: str, *samples, **kw) -> None:
+        if not _enough(fn, *samples, kw.get("control")):
+            return  # too few units for an interval (e.g. the smoke profile): the check is not run
+        c = fn(claim, *samples, **kw)
+        if not untr and c.control_name == "no control traced":
+            c = dataclasses.replace(c, kind="consistency")  # without the untrained model there is no control
+        checks.append(dataclasses.replace(c, asserted=key in ASSERTED))
+
+    if untr:
+        add("sharing_learned", ev.compare,
+            "fine-tuning creates sharing: other-language share of the positive top-k above the untrained model's",
+            100 - x["in_language_ft"], 100 - x["in_language_untr"], control_name="untrained model", paired=True,
+            unit=unit, statistic="mean other-language share (%)", seed=seed)  # fmt: skip
+        ctrl = {k_: x[f"{k_}_untr"] for k_ in ("in_language", "isolate_gap", "closest_lead", "reinforcing",
+                                                 "neg_isolate_lead")}  # fmt: skip
+        name = "untrained model"
+    else:
+        ctrl = {k_: np.zeros(2) for k_ in ("in_language", "isolate_gap", "closest_lead", "reinforcing",
+                                            "neg_isolate_lead")}  # fmt: skip
+        ctrl["in_language"] = np.full(2, share)
+        name = "no control traced"
+    add("in_language", ev.against,
+        f"in-language share of the positive top-k above the data share ({share:.0f}%)", x["in_language_ft"], share,
+        control=ctrl["in_language"], control_name=name, unit=unit, statistic="mean in-language share (%)",
+        seed=seed)  # fmt: skip
+    if x["isolate_gap_ft"].size:
+        add("isolate", ev.against,
+            f"the isolate ({iso}) is more self-reliant than the other languages", x["isolate_gap_ft"], 0.0,
+            control=ctrl["isolate_gap"], control_name=name, unit=f"{iso} test examples x seeds",
+            statistic="in-language share minus the others' mean (points)", seed=seed)  # fmt: skip
+    add("closest", ev.against,
+        "each language's closest language gives more of its proponents than its other languages",
+        x["closest_lead_ft"], 0.0, control=ctrl["closest_lead"], control_name=name, unit=unit,
+        statistic="closest language's share minus the other languages' mean (points)", seed=seed)  # fmt: skip
+    ctrl_pairs = (x["offdiag_untr"], x["offdiag_sim"]) if "offdiag_untr" in x else None
+    add("similarity", ev.correlation,
+        "closer languages share more: off-diagonal C+ rises with the planted similarity", x["offdiag_ft"],
+        x["offdiag_sim"], control=ctrl_pairs, control_name="untrained model" if ctrl_pairs else "shuffled pairing",
+        unit="language pairs", seed=seed)  # fmt: skip
+    add("reinforcing", ev.against,
+        "translations of the in-language proponents rank high: reinforcing rate above chance", x["reinforcing_ft"],
+        0.0, control=ctrl["reinforcing"], control_name=name, unit=unit,
+        statistic="reinforcing minus chance (points)", seed=seed)  # fmt: skip
+    add("neg_isolate", ev.against,
+        f"the isolate ({iso}) is the main source of the other languages' opponents (thesis H2)",
+        x["neg_isolate_lead_ft"], 0.0, control=ctrl["neg_isolate_lead"], control_name=name, unit=unit,
+        statistic="isolate's C- share minus the other languages' mean (points)", seed=seed)  # fmt: skip
+    if untr:
+        add("interference", ev.compare,
+            f"interference is learned: the isolate's ({iso}) share of the others' opponents above the untrained "
+            "model's",
+            x["neg_isolate_share_ft"], x["neg_isolate_share_untr"], control_name="untrained model", paired=True,
+            unit=unit, statistic="mean C- share of the isolate (%)", seed=seed)  # fmt: skip
+    for key in sorted(k_ for k_ in x if k_.startswith("zs_") and k_.endswith("_correct")):
+        lang = key.split("_")[1]
+        maj = x[f"zs_{lang}_majority"]
+        add(f"zs_{lang}", ev.against,
+            f"zero-shot {lang}: the model trained without {lang} classifies it above the majority class",
+            x[key], float(maj.mean()), control=maj, control_name="always the majority label",
+            unit=f"{lang} test pool", statistic="accuracy", seed=seed)  # fmt: skip
+    if "imbalance_rise" in x:
+        add("imbalance", ev.compare,
+            "extra data of a language raises its in-language share more than the data share alone does",
+            x["imbalance_rise"], x["imbalance_rise_random"],
+            control_name="random top-k (moves with the data share)", paired=True, unit="test examples",
+            statistic="rise of the in-language share (points)", seed=seed)  # fmt: skip
+    if "ksel_positive" in x:
+        add("ksel", ev.compare,
+            "removing P_k and retraining lowers the gold-label confidence more than removing k random examples",
+            x["ksel_positive"], x["ksel_random"], control_name="random removal", alternative="less", paired=True,
+            unit="test examples", statistic="change of confidence (%)", seed=seed)  # fmt: skip
+    return checks
