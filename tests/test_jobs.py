@@ -111,3 +111,49 @@ def test_slurm_backend_matches_inline(tmp_path, importable):
     out = jobs.run(toy_job, _jobs(), spec, progress=False)
     assert out == jobs.run(toy_job, _jobs(), jobs.Executor("inline"), progress=False)
     assert time.time() - t < 300
+
+
+def _slurm_up() -> bool:
+    if shutil.which("sinfo") is None:
+        return False
+    up = subprocess.run(["sinfo", "-h", "-o", "%a"], capture_output=True, text=True, timeout=30)
+    return up.returncode == 0 and "up" in up.stdout
+
+
+def test_chapter_01_smoke_through_slurm_matches_the_local_run(tmp_path):
+    """The smoke profile of chapter 01 with its jobs on SLURM gives the same tables as with the jobs in-process."""
+    if not _slurm_up():
+        if os.environ.get("CI"):
+            pytest.fail("CI expects a SLURM cluster (.ci/slurm.sh)")
+        pytest.skip("no SLURM cluster answers")
+    import sys
+
+    outputs = {}
+    for backend in ("inline", "slurm"):
+        env = {**os.environ, "MLMC_RESULTS": str(tmp_path / backend / "results")}
+        cmd = [
+            sys.executable,
+            "-m",
+            "mlmc.cli",
+            "run",
+            "01",
+            "--profile",
+            "smoke",
+            "--out",
+            str(tmp_path / backend),
+            "--executor",
+            backend,
+            "--job-dir",
+            str(tmp_path / backend / "jobs"),
+            "--timeout-min",
+            "10",
+        ]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-2000:]
+        root = tmp_path / backend / "results"
+        outputs[backend] = {p.relative_to(root): p.read_bytes() for p in root.rglob("*.csv") if "timing" not in p.name}
+    assert len(outputs["inline"]) >= 5 and outputs["inline"].keys() == outputs["slurm"].keys()
+    for name, data in outputs["inline"].items():
+        assert outputs["slurm"][name] == data, name
+    # the SLURM run really went through the scheduler: submitit wrote its job logs there
+    assert list((tmp_path / "slurm" / "jobs" / "submitit").glob("*/*_log.out"))

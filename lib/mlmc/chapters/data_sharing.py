@@ -16,25 +16,20 @@ Thin functions composed from the kernels, so that the notebook reads as the expe
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
-import os
-import signal
 import tempfile
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
-from multiprocessing import get_context
 
 import numpy as np
 import pandas as pd
 import torch
 from datasets import Dataset
 from scipy.stats import spearmanr
-from tqdm.auto import tqdm
 
 from mlmc import crossling, influence, zoo
+from mlmc import jobs as mlmc_jobs
 from mlmc import models as mlmc_models
 from mlmc import train as mlmc_train
 from mlmc.data import classification
@@ -293,43 +288,11 @@ def run_job(job: Job, progress: bool = False) -> RunResult:
     return result
 
 
-def _worker_init() -> None:
-    """One torch thread per worker; Ctrl-C and kernel interrupts go to the parent, which shuts the pool down."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    os.environ["OMP_NUM_THREADS"] = "1"
-    set_threads(1)
-
-
-_POOLS: dict[int, ProcessPoolExecutor] = {}
-
-
-def _pool(workers: int) -> ProcessPoolExecutor:
-    """A pool of ``workers`` spawned processes, kept for later calls (starting one costs seconds of imports)."""
-    if workers not in _POOLS:
-        _POOLS[workers] = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init)
-        atexit.register(_close_pool, workers)
-    return _POOLS[workers]
-
-
-def _close_pool(workers: int) -> None:
-    """Cancel pending jobs, terminate the pool's worker processes and forget the pool."""
-    pool = _POOLS.pop(workers, None)
-    if pool is None:
-        return
-    procs = list((getattr(pool, "_processes", None) or {}).values())
-    pool.shutdown(wait=False, cancel_futures=True)
-    for proc in procs:
-        if proc.is_alive():
-            proc.terminate()
-    for proc in procs:
-        proc.join(timeout=5)
-        if proc.is_alive():
-            proc.kill()
-            proc.join(timeout=5)
-
-
-def run_jobs(jobs: Sequence[Job], workers: int = 1, progress: bool = True) -> dict[str, RunResult]:
-    """Run jobs (in ``workers`` processes when > 1), returning results by job name in the order of ``jobs``. Jobs
+def run_jobs(
+    jobs: Sequence[Job], workers: int = 1, progress: bool = True, executor: mlmc_jobs.Executor | None = None
+) -> dict[str, RunResult]:
+    """Run jobs on ``executor`` (default: :func:`mlmc.jobs.from_env`, i.e. ``workers`` local processes unless
+    ``mlmc run --executor ...`` chose a scheduler), returning results by job name in the order of ``jobs``. Jobs
     that differ only in their name run once (e.g. a focus run that equals a main run)."""
     check_int("workers", workers, 1)
     names = [j.name for j in jobs]
@@ -339,23 +302,9 @@ def run_jobs(jobs: Sequence[Job], workers: int = 1, progress: bool = True) -> di
     for job in jobs:
         unique.setdefault(replace(job, name=""), job.name)
     todo = [replace(key, name=name) for key, name in unique.items()]
-    done: dict[str, RunResult] = {}
-    bar = tqdm(total=len(todo), desc="fine-tune + trace", disable=not progress)
-    if workers == 1 or len(todo) == 1:
-        for job in todo:
-            done[job.name] = run_job(job)
-            bar.update()
-    else:
-        pool = _pool(workers)
-        try:
-            futures = {pool.submit(run_job, job): job.name for job in todo}
-            for fut in as_completed(futures):
-                done[futures[fut]] = fut.result()
-                bar.update()
-        except BaseException:  # a failing job, Ctrl-C or a kernel interrupt: stop every worker, leave no orphans
-            _close_pool(workers)
-            raise
-    bar.close()
+    spec = executor or mlmc_jobs.from_env(workers)
+    results = mlmc_jobs.run(run_job, todo, spec, progress=progress, desc="fine-tune + trace")
+    done = {job.name: result for job, result in zip(todo, results, strict=True)}
     return {j.name: done[unique[replace(j, name="")]] for j in jobs}
 
 
