@@ -64,7 +64,7 @@ def test_smoke_profile_runs_end_to_end(tmp_path, results):
 def test_bad_parameters_fail_in_the_setup_cell(tmp_path, results, overrides, match):
     with pytest.raises(ChapterFailed, match=match) as info:
         run_chapter("01", profile="smoke", overrides=overrides, out_dir=tmp_path / "out")
-    assert "validate" in str(info.value)  # raised by Plan.validate in the setup cell, before any fine-tuning
+    assert info.value.user_error and "cell" in str(info.value)  # one user-error line naming the setup cell
     assert not (tmp_path / "out" / "01_data_sharing.ipynb").exists()
     assert not (results / "01_data_sharing").exists()
 

@@ -179,7 +179,7 @@ def results(tmp_path, monkeypatch):
 def test_bad_parameter_fails_in_the_setup_cell(tmp_path, results):
     with pytest.raises(ChapterFailed, match="parameter 'target_groups' has unknown value") as info:
         run_chapter("04", profile="smoke", overrides={"target_groups": ["martians"]}, out_dir=tmp_path / "out")
-    assert "check_params" in str(info.value)
+    assert info.value.user_error and "cell" in str(info.value)  # one user-error line naming the setup cell
     assert not (tmp_path / "out" / "04_stereotypes.ipynb").exists()
 
 

@@ -264,5 +264,5 @@ def test_smoke_profile_runs_end_to_end(tmp_path, results):
 def test_bad_parameters_fail_in_the_setup_cell(tmp_path, results, overrides, match):
     with pytest.raises(ChapterFailed, match=match) as info:
         run_chapter("06", profile="smoke", overrides=overrides, out_dir=tmp_path / "out")
-    assert "check_params" in str(info.value)
+    assert info.value.user_error and "cell" in str(info.value)  # one user-error line naming the setup cell
     assert not (tmp_path / "out" / "06_self_alignment.ipynb").exists()
