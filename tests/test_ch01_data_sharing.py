@@ -3,7 +3,6 @@ compute, the drivers of mlmc.chapters.data_sharing against independent computati
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 
 import nbformat
@@ -31,9 +30,7 @@ def results(tmp_path, monkeypatch):
 
 # ---- the notebook ----------------------------------------------------------------------------------------------
 def test_smoke_profile_runs_end_to_end(tmp_path, results):
-    start = time.perf_counter()
     path = run_chapter("01", profile="smoke", out_dir=tmp_path / "out")
-    elapsed = time.perf_counter() - start
     nb = nbformat.read(path, as_version=4)
     assert not [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     (run_dir,) = (results / "01_data_sharing").iterdir()
@@ -46,7 +43,6 @@ def test_smoke_profile_runs_end_to_end(tmp_path, results):
     assert np.allclose(c_pos.sum(axis=1), 100)
     thesis = pd.read_csv(run_dir / "thesis_vs_reproduced.csv")
     assert thesis["this run"].notna().sum() >= 75  # every Table 3.3 cell has a counterpart
-    assert elapsed < 150, f"smoke profile took {elapsed:.0f} s"
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import nbformat
@@ -239,10 +238,7 @@ def _outputs(nb) -> str:
 
 
 def test_smoke_profile_runs_end_to_end(tmp_path, results):
-    start = time.perf_counter()
     path = run_chapter("06", profile="smoke", out_dir=tmp_path / "out")
-    elapsed = time.perf_counter() - start
-    assert elapsed < 120, f"smoke profile took {elapsed:.0f} s (budget 60 s on an idle machine)"
     nb = nbformat.read(path, as_version=4)
     assert not [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     text = _outputs(nb)
