@@ -30,7 +30,7 @@ def test_smoke_profile_runs_end_to_end(tmp_path, results):
     nb = nbformat.read(path, as_version=4)
     assert not [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     text = _outputs(nb)
-    for expected in ["transfer language", "sn_static", "pct_conflict", "protection", "Unstructured", "check"]:
+    for expected in ["transfer language", "sn_static", "pct_conflict", "protection", "Unstructured"]:
         assert expected in text, expected
     (run_dir,) = (results / "02_subnetworks").iterdir()
     tables = {p.stem for p in run_dir.glob("*.csv")}
